@@ -1,0 +1,106 @@
+"""Input checks and the batched-over-tasks plumbing shared by iMAML and the baselines."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.func import vmap
+
+from imaml import tree
+from imaml.objective import check_scalar_loss
+from imaml.tree import Params
+
+Batch = tuple[Tensor, ...]
+"""One split of a meta-batch: tensors whose dim 0 indexes the B tasks, e.g. ``(xs, ys)``."""
+
+LossAndAux = tuple[Tensor, dict[str, Tensor]]
+
+
+def check_params(params: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]]) -> Params:
+    """Validate ``params`` and return a detached dict (the meta-parameters θ)."""
+    params = dict(params)
+    if not params:
+        raise ValueError("params is empty: pass e.g. dict(model.named_parameters())")
+    for name, value in params.items():
+        if not isinstance(value, Tensor):
+            raise TypeError(f"params[{name!r}] is a {type(value).__name__}, not a tensor")
+        if not torch.is_floating_point(value):
+            raise TypeError(
+                f"params[{name!r}] has dtype {value.dtype}; meta-parameters must be "
+                "floating-point tensors (convert with .float() or .double())"
+            )
+    return tree.detach(params)
+
+
+def check_lam(lam: float) -> float:
+    """Return ``lam`` as a float if it is a finite positive number, else raise ValueError."""
+    lam = float(lam)
+    if not (lam > 0 and lam < float("inf")):
+        raise ValueError(
+            f"lam (the proximal regularization strength λ) must be a positive finite number, "
+            f"got {lam}; the paper uses lam=2.0 for Omniglot"
+        )
+    return lam
+
+
+def as_batch(split: Tensor | Sequence[Tensor], name: str) -> Batch:
+    """Turn a tensor or a sequence of tensors into a tuple of tensors, checking its type."""
+    if isinstance(split, Tensor):
+        return (split,)
+    split = tuple(split)
+    if not split or not all(isinstance(t, Tensor) for t in split):
+        raise TypeError(f"{name} must be a tensor or a non-empty tuple of tensors, e.g. (xs, ys)")
+    return split
+
+
+def num_tasks(**splits: Batch) -> int:
+    """The common leading (task) dimension B of all tensors; ValueError if they differ."""
+    sizes = {}
+    for name, batch in splits.items():
+        for i, t in enumerate(batch):
+            if t.dim() == 0:
+                raise ValueError(f"{name}[{i}] is 0-d; its dim 0 must index the tasks")
+            sizes[f"{name}[{i}]"] = t.shape[0]
+    if len(set(sizes.values())) != 1:
+        detail = ", ".join(f"{k}: {v}" for k, v in sizes.items())
+        raise ValueError(
+            f"every tensor's dim 0 must be the number of tasks B, but they differ ({detail})"
+        )
+    return next(iter(sizes.values()))
+
+
+def loss_parts(
+    loss_fn: Callable[..., Any], has_aux: bool
+) -> tuple[Callable[..., Tensor], Callable[..., LossAndAux]]:
+    """Split ``loss_fn`` into ``(loss only, (loss, aux dict))`` versions, checking its output."""
+
+    def with_aux(params: Params, *batch: Tensor) -> LossAndAux:
+        out = loss_fn(params, *batch)
+        if has_aux:
+            if not (isinstance(out, tuple) and len(out) == 2 and isinstance(out[1], dict)):
+                raise TypeError("with has_aux=True, loss_fn must return (loss, dict of tensors)")
+            loss, aux = out
+        else:
+            loss, aux = out, {}
+        return check_scalar_loss(loss, "loss_fn"), aux
+
+    def loss_only(params: Params, *batch: Tensor) -> Tensor:
+        return with_aux(params, *batch)[0]
+
+    return loss_only, with_aux
+
+
+def map_tasks(
+    fn: Callable[..., Any], theta: Params, *splits: Batch, chunk_size: int | None = None
+) -> Any:
+    """``vmap`` of ``fn(theta, *per_task_splits)`` over the tasks (θ shared by all)."""
+    in_dims = (None, *(0,) * len(splits))
+    return vmap(fn, in_dims=in_dims, chunk_size=chunk_size)(theta, *splits)
+
+
+def task_mean(per_task: Params) -> Params:
+    """Average a tree with a leading task dimension over that dimension."""
+    return {k: v.mean(dim=0) for k, v in per_task.items()}

@@ -1,0 +1,105 @@
+"""MAML, first-order MAML and Reptile meta-gradients, batched over tasks like iMAML's.
+
+All three adapt with the plain (unregularized) support loss, using any inner optimizer of
+:mod:`imaml.inner`, so that every method shares the same inputs and outputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import Tensor
+from torch.func import grad, grad_and_value
+
+from imaml import tree
+from imaml._tasks import as_batch, check_params, loss_parts, map_tasks, num_tasks, task_mean
+from imaml.implicit import ParamsLike, SplitLike
+from imaml.inner import InnerOptimizer
+from imaml.objective import Objective
+from imaml.tree import Params
+
+
+def maml_gradient(
+    loss_fn: Callable[..., Any],
+    params: ParamsLike,
+    support: SplitLike,
+    query: SplitLike,
+    *,
+    inner: InnerOptimizer,
+    first_order: bool = False,
+    has_aux: bool = False,
+    chunk_size: int | None = None,
+) -> tuple[Params, dict[str, Tensor]]:
+    """MAML's meta-gradient ``∇_θ L_q(φ(θ))``, backpropagating through the inner steps.
+
+    ``φ(θ)`` is ``inner`` run on the unregularized support loss from θ. With
+    ``first_order``, the inner path is not differentiated: the gradient is ``∇L_q(φ)``
+    (first-order MAML). Memory grows with the number of inner steps unless first-order.
+
+    Arguments and shapes are those of :func:`imaml.meta_gradient` (without ``lam`` and
+    ``solver``). Returns ``(grads, info)``: grads shaped like ``params`` (mean over the B
+    tasks), info a dict of (B,) tensors: ``support_loss`` and ``query_loss`` at φ,
+    ``inner_grad_norm`` (‖∇L_s(φ)‖) and ``query_<name>`` per aux entry.
+    """
+    theta = check_params(params)
+    support, query = as_batch(support, "support"), as_batch(query, "query")
+    num_tasks(support=support, query=query)
+    support_loss, _ = loss_parts(loss_fn, has_aux)
+    _, query_loss = loss_parts(loss_fn, has_aux)
+
+    def one_task(theta: Params, s: tuple[Tensor, ...], q: tuple[Tensor, ...]):
+        objective_of = Objective(lambda p: support_loss(p, *s))
+
+        def adapted_query_loss(th: Params):
+            phi = inner(objective_of, th)
+            q_loss, aux = query_loss(phi, *q)
+            return q_loss, (phi, q_loss, aux)
+
+        if first_order:
+            phi = inner(objective_of, theta)
+            g, (q_loss, aux) = grad_and_value(lambda p: query_loss(p, *q), has_aux=True)(phi)
+        else:
+            g, (phi, q_loss, aux) = grad(adapted_query_loss, has_aux=True)(theta)
+        s_loss, s_grad = objective_of.value_and_grad(phi)
+        info = {
+            "support_loss": s_loss,
+            "query_loss": q_loss,
+            "inner_grad_norm": tree.norm(s_grad),
+            **{f"query_{k}": v for k, v in aux.items()},
+        }
+        return g, info
+
+    per_task, info = map_tasks(one_task, theta, support, query, chunk_size=chunk_size)
+    return task_mean(per_task), info
+
+
+def reptile_gradient(
+    loss_fn: Callable[..., Any],
+    params: ParamsLike,
+    support: SplitLike,
+    *,
+    inner: InnerOptimizer,
+    has_aux: bool = False,
+    chunk_size: int | None = None,
+) -> tuple[Params, dict[str, Tensor]]:
+    """Reptile's update direction ``θ − φ`` (mean over tasks), φ adapted on the support loss.
+
+    An optimizer step along ``−grads`` moves θ toward the adapted parameters; with SGD at
+    learning rate ε it is Reptile's ``θ ← θ + ε(φ̄ − θ)``. Returns ``(grads, info)``: info
+    holds (B,) tensors ``support_loss`` and ``inner_grad_norm`` (‖∇L_s(φ)‖) at φ.
+    """
+    theta = check_params(params)
+    support = as_batch(support, "support")
+    num_tasks(support=support)
+    support_loss, _ = loss_parts(loss_fn, has_aux)
+
+    def one_task(theta: Params, s: tuple[Tensor, ...]):
+        objective = Objective(lambda p: support_loss(p, *s))
+        phi = inner(objective, theta)
+        s_loss, s_grad = objective.value_and_grad(phi)
+        info = {"support_loss": s_loss, "inner_grad_norm": tree.norm(s_grad)}
+        return tree.sub(theta, phi), info
+
+    per_task, info = map_tasks(one_task, theta, support, chunk_size=chunk_size)
+    return task_mean(per_task), info

@@ -1,0 +1,166 @@
+"""Linear solvers for ``A x = b`` from matrix-vector products only.
+
+Every solver has the same signature, so they swap freely::
+
+    solver(matvec, b) -> Solution(x, residual)
+
+``matvec`` maps a parameter dict to a parameter dict (``v ↦ A v``), ``b`` is a parameter dict,
+and ``residual`` is the 0-d tensor ``‖A x − b‖ / ‖b‖``. Solvers run a fixed number of
+iterations with masked updates and no host synchronization, so they run under
+``torch.func.vmap`` (one system per task) and on the GPU without stalls.
+
+The numerical algorithms (:func:`conjugate_gradient`, :func:`neumann_series`,
+:func:`dense_solve`) are separate from the policy objects (:class:`CG`, :class:`Neumann`,
+:class:`Dense`) that the meta-gradient takes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+import torch
+from torch import Tensor
+from torch.func import vmap
+
+from imaml import tree
+from imaml.tree import Params
+
+MatVec = Callable[[Params], Params]
+"""``v ↦ A v`` for a linear operator A on parameter dicts."""
+
+_TINY = 1e-30
+
+
+class Solution(NamedTuple):
+    """A solver's answer: ``x`` shaped like ``b`` and the relative residual ``‖Ax − b‖/‖b‖``."""
+
+    x: Params
+    residual: Tensor
+
+
+class LinearSolver(Protocol):
+    """Anything called as ``solver(matvec, b) -> Solution``; implement this for your own."""
+
+    def __call__(self, matvec: MatVec, b: Params) -> Solution: ...
+
+
+def _relative(residual_sq: Tensor, b_sq: Tensor) -> Tensor:
+    return torch.sqrt(residual_sq / torch.clamp(b_sq, min=_TINY))
+
+
+def conjugate_gradient(
+    matvec: MatVec,
+    b: Params,
+    iters: int,
+    tol: float = 0.0,
+    stop_on_negative_curvature: bool = False,
+) -> Solution:
+    """Conjugate gradient from ``x0 = 0`` for a symmetric ``A``; ``iters`` matvecs.
+
+    Iteration stops (its updates are masked out) once ``‖r‖ ≤ tol·‖b‖``, so a converged
+    solve keeps its solution. With ``stop_on_negative_curvature`` it also stops at a
+    direction ``p`` with ``pᵀAp ≤ 0`` (truncated Newton-CG). The residual returned is CG's
+    recursively updated one, equal to ``‖b − Ax‖/‖b‖`` up to round-off.
+    """
+    x = tree.zeros_like(b)
+    r = b
+    p = r
+    rs = tree.dot(r, r)
+    b_sq = rs
+    threshold = (tol * tol) * b_sq
+    for _ in range(iters):
+        active = rs > threshold
+        ap = matvec(p)
+        pap = tree.dot(p, ap)
+        if stop_on_negative_curvature:
+            active = active & (pap > 0)
+        alpha = torch.where(active, rs / torch.where(active, pap, torch.ones_like(pap)), 0.0)
+        x = tree.axpy(alpha, p, x)
+        r = tree.axpy(-alpha, ap, r)
+        rs_new = tree.dot(r, r)
+        beta = torch.where(active, rs_new / torch.where(active, rs, torch.ones_like(rs)), 0.0)
+        p = tree.axpy(beta, p, r)
+        rs = torch.where(active, rs_new, rs)
+    return Solution(x, _relative(rs, b_sq))
+
+
+def neumann_series(matvec: MatVec, b: Params, iters: int, alpha: float) -> Solution:
+    """``x = α Σ_{k<iters} (I − αA)^k b``; ``iters`` matvecs, the last one for the residual.
+
+    Converges when the spectrum of ``αA`` lies in (0, 2). The residual is exact:
+    ``b − A x = (I − αA)^iters b``.
+    """
+    v = b
+    acc = b
+    for k in range(iters):
+        v = tree.axpy(-alpha, matvec(v), v)
+        if k < iters - 1:
+            acc = tree.add(acc, v)
+    return Solution(tree.scale(acc, alpha), _relative(tree.dot(v, v), tree.dot(b, b)))
+
+
+def dense_matrix(matvec: MatVec, like: Params) -> Tensor:
+    """The (n, n) matrix of ``matvec`` on trees shaped like ``like`` (n = total numel)."""
+    flat, unflatten = tree.flatten(like)
+    eye = torch.eye(flat.numel(), dtype=flat.dtype, device=flat.device)
+    columns = vmap(lambda e: tree.flatten(matvec(unflatten(e)))[0])(eye)
+    return columns.T
+
+
+def dense_solve(matvec: MatVec, b: Params) -> Solution:
+    """Form ``A`` from n matvecs and solve exactly; the reference for small models."""
+    flat_b, unflatten = tree.flatten(b)
+    a = dense_matrix(matvec, b)
+    x = torch.linalg.solve(a, flat_b)
+    r = a @ x - flat_b
+    return Solution(unflatten(x), _relative(r @ r, flat_b @ flat_b))
+
+
+@dataclass(frozen=True)
+class CG:
+    """Conjugate gradient with ``iters`` matvecs, stopping early at ``‖r‖ ≤ tol·‖b‖``.
+
+    The paper's solver (Algorithm 2); needs ``A`` symmetric positive definite.
+    """
+
+    iters: int
+    tol: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_iters(self.iters)
+        if self.tol < 0:
+            raise ValueError(f"CG tol must be >= 0, got {self.tol}")
+
+    def __call__(self, matvec: MatVec, b: Params) -> Solution:
+        return conjugate_gradient(matvec, b, self.iters, self.tol)
+
+
+@dataclass(frozen=True)
+class Neumann:
+    """Truncated Neumann series ``α Σ_{k<iters} (I − αA)^k b``; ``iters`` matvecs."""
+
+    iters: int
+    alpha: float
+
+    def __post_init__(self) -> None:
+        _check_iters(self.iters)
+        if not self.alpha > 0:
+            raise ValueError(f"Neumann alpha must be > 0, got {self.alpha}")
+
+    def __call__(self, matvec: MatVec, b: Params) -> Solution:
+        return neumann_series(matvec, b, self.iters, self.alpha)
+
+
+@dataclass(frozen=True)
+class Dense:
+    """Exact solve by forming the matrix: n matvecs and O(n³) work for n parameters."""
+
+    def __call__(self, matvec: MatVec, b: Params) -> Solution:
+        return dense_solve(matvec, b)
+
+
+def _check_iters(iters: int) -> None:
+    if not isinstance(iters, int) or iters < 1:
+        raise ValueError(f"iters must be a positive int, got {iters!r}")

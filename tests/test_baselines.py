@@ -1,0 +1,84 @@
+"""MAML, first-order MAML and Reptile against their own closed forms and finite differences."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import imaml
+from conftest import linear_loss
+from imaml import tree
+from imaml.inner import GD, Adam
+
+LR, STEPS = 0.1, 6
+
+
+def flat(params):
+    return tree.flatten(params)[0]
+
+
+def test_maml_matches_closed_form(linear_tasks):
+    grads, info = imaml.maml_gradient(
+        linear_loss,
+        linear_tasks.theta,
+        linear_tasks.support,
+        linear_tasks.query,
+        inner=GD(STEPS, LR),
+    )
+    expected = []
+    for i in range(4):
+        phi, jac = linear_tasks.gd_path(i, LR, STEPS)
+        expected.append(jac.T @ linear_tasks.query_grad(i, phi))
+    torch.testing.assert_close(flat(grads), torch.stack(expected).mean(0), rtol=1e-10, atol=1e-12)
+    assert info["query_loss"].shape == (4,)
+
+
+def test_first_order_maml_matches_closed_form(linear_tasks):
+    grads, _ = imaml.maml_gradient(
+        linear_loss,
+        linear_tasks.theta,
+        linear_tasks.support,
+        linear_tasks.query,
+        inner=GD(STEPS, LR),
+        first_order=True,
+    )
+    expected = [linear_tasks.query_grad(i, linear_tasks.gd_path(i, LR, STEPS)[0]) for i in range(4)]
+    torch.testing.assert_close(flat(grads), torch.stack(expected).mean(0), rtol=1e-10, atol=1e-12)
+
+
+def test_first_order_and_full_maml_differ(linear_tasks):
+    args = (linear_loss, linear_tasks.theta, linear_tasks.support, linear_tasks.query)
+    full, _ = imaml.maml_gradient(*args, inner=GD(STEPS, LR))
+    first, _ = imaml.maml_gradient(*args, inner=GD(STEPS, LR), first_order=True)
+    assert torch.linalg.norm(flat(full) - flat(first)) > 1e-3
+
+
+def test_reptile_matches_closed_form(linear_tasks):
+    grads, info = imaml.reptile_gradient(
+        linear_loss, linear_tasks.theta, linear_tasks.support, inner=GD(STEPS, LR)
+    )
+    expected = [linear_tasks.theta_vec - linear_tasks.gd_path(i, LR, STEPS)[0] for i in range(4)]
+    torch.testing.assert_close(flat(grads), torch.stack(expected).mean(0), rtol=1e-10, atol=1e-12)
+    for i in range(4):
+        phi = linear_tasks.unflatten(linear_tasks.gd_path(i, LR, STEPS)[0])
+        torch.testing.assert_close(
+            info["support_loss"][i], linear_loss(phi, linear_tasks.xs[i], linear_tasks.ys[i])
+        )
+
+
+@pytest.mark.parametrize("inner", [GD(4, 0.05), Adam(4, 0.01)], ids=["gd", "adam"])
+def test_maml_matches_finite_differences_on_mlp(mlp_problem, inner):
+    loss_fn, params, (xs, ys, xq, yq) = mlp_problem
+    theta = tree.detach(params)
+    grads, _ = imaml.maml_gradient(loss_fn, theta, (xs, ys), (xq, yq), inner=inner)
+
+    def meta_loss(th):
+        phi = imaml.adapt(loss_fn, th, (xs, ys), lam=0.0, inner=inner)
+        losses = [loss_fn({k: v[i] for k, v in phi.items()}, xq[i], yq[i]) for i in range(3)]
+        return torch.stack(losses).mean()
+
+    g = torch.Generator().manual_seed(3)
+    v = {k: torch.randn(p.shape, generator=g, dtype=p.dtype) for k, p in theta.items()}
+    eps = 1e-6
+    fd = (meta_loss(tree.axpy(eps, v, theta)) - meta_loss(tree.axpy(-eps, v, theta))) / (2 * eps)
+    torch.testing.assert_close(tree.dot(grads, v), fd, rtol=1e-6, atol=1e-9)

@@ -1,0 +1,269 @@
+"""iMAML's meta-gradient and adaptation against closed forms, per-task runs and dense solves."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import imaml
+from conftest import linear_loss, make_linear_tasks
+from imaml import tree
+from imaml.inner import GD, HessianFree
+from imaml.solvers import CG, Dense, Neumann
+
+LAM = 2.0
+INNERS = {
+    "gd": GD(steps=150, lr=0.2),
+    "hf": HessianFree(steps=3, cg_iters=5),
+}
+SOLVERS = {
+    "cg": CG(iters=5),
+    "neumann": Neumann(iters=120, alpha=0.45),
+    "dense": Dense(),
+}
+
+
+def flat(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    return tree.flatten(params)[0]
+
+
+@pytest.mark.parametrize("inner_name", INNERS)
+@pytest.mark.parametrize("solver_name", SOLVERS)
+def test_meta_gradient_matches_closed_form(linear_tasks, inner_name, solver_name):
+    grads, info = imaml.meta_gradient(
+        linear_loss,
+        linear_tasks.theta,
+        linear_tasks.support,
+        linear_tasks.query,
+        lam=LAM,
+        inner=INNERS[inner_name],
+        solver=SOLVERS[solver_name],
+    )
+    expected = torch.stack([linear_tasks.imaml_gradient(i, LAM) for i in range(4)]).mean(0)
+    torch.testing.assert_close(flat(grads), expected, rtol=1e-6, atol=1e-9)
+    assert set(grads) == {"w", "b"} and grads["b"].shape == ()
+    for key in ("support_loss", "query_loss", "inner_grad_norm", "solver_residual"):
+        assert info[key].shape == (4,), key
+    assert torch.all(info["inner_grad_norm"] < 1e-8)
+    assert torch.all(info["solver_residual"] < 1e-7)
+
+
+def test_info_losses_are_those_at_the_inner_solution(linear_tasks):
+    _, info = imaml.meta_gradient(
+        linear_loss,
+        linear_tasks.theta,
+        linear_tasks.support,
+        linear_tasks.query,
+        lam=LAM,
+        inner=INNERS["hf"],
+        solver=CG(5),
+    )
+    for i in range(4):
+        phi = linear_tasks.unflatten(linear_tasks.prox_solution(i, LAM))
+        s = linear_loss(phi, linear_tasks.xs[i], linear_tasks.ys[i])
+        q = linear_loss(phi, linear_tasks.xq[i], linear_tasks.yq[i])
+        torch.testing.assert_close(info["support_loss"][i], s)
+        torch.testing.assert_close(info["query_loss"][i], q)
+
+
+def test_cg_error_falls_with_iterations(linear_tasks):
+    expected = torch.stack([linear_tasks.imaml_gradient(i, LAM) for i in range(4)]).mean(0)
+    errors = []
+    for iters in (1, 2, 3):
+        grads, _ = imaml.meta_gradient(
+            linear_loss,
+            linear_tasks.theta,
+            linear_tasks.support,
+            linear_tasks.query,
+            lam=LAM,
+            inner=INNERS["hf"],
+            solver=CG(iters),
+        )
+        errors.append(float(torch.linalg.norm(flat(grads) - expected)))
+    assert errors[0] > errors[1] > errors[2] > 0
+
+
+def test_adapt_matches_closed_form(linear_tasks):
+    phi = imaml.adapt(
+        linear_loss, linear_tasks.theta, linear_tasks.support, lam=LAM, inner=INNERS["gd"]
+    )
+    assert phi["w"].shape == (4, 4) and phi["b"].shape == (4,)
+    for i in range(4):
+        got = flat({k: v[i] for k, v in phi.items()})
+        torch.testing.assert_close(got, linear_tasks.prox_solution(i, LAM), rtol=1e-8, atol=1e-10)
+
+
+def test_adapt_with_lam_zero_is_plain_descent(linear_tasks):
+    phi = imaml.adapt(
+        linear_loss, linear_tasks.theta, linear_tasks.support, lam=0.0, inner=GD(7, 0.1)
+    )
+    for i in range(4):
+        expected, _ = linear_tasks.gd_path(i, lr=0.1, steps=7)
+        torch.testing.assert_close(flat({k: v[i] for k, v in phi.items()}), expected)
+
+
+@pytest.mark.parametrize("method", ["imaml", "maml", "fomaml", "reptile"])
+def test_batched_equals_mean_of_single_tasks(mlp_problem, method):
+    loss_fn, params, (xs, ys, xq, yq) = mlp_problem
+
+    def run(s, q):
+        if method == "imaml":
+            return imaml.meta_gradient(
+                loss_fn, params, s, q, lam=LAM, inner=GD(10, 0.1), solver=CG(5)
+            )
+        if method == "reptile":
+            return imaml.reptile_gradient(loss_fn, params, s, inner=GD(10, 0.1))
+        return imaml.maml_gradient(
+            loss_fn, params, s, q, inner=GD(5, 0.1), first_order=method == "fomaml"
+        )
+
+    batched, info = run((xs, ys), (xq, yq))
+    singles = [
+        run((xs[i : i + 1], ys[i : i + 1]), (xq[i : i + 1], yq[i : i + 1])) for i in range(3)
+    ]
+    for name in params:
+        mean = torch.stack([g[name] for g, _ in singles]).mean(0)
+        torch.testing.assert_close(batched[name], mean, rtol=1e-10, atol=1e-12)
+    for key, value in info.items():
+        torch.testing.assert_close(value, torch.cat([i[key] for _, i in singles]))
+
+
+def test_chunked_equals_unchunked(mlp_problem):
+    loss_fn, params, (xs, ys, xq, yq) = mlp_problem
+    kwargs = dict(lam=LAM, inner=GD(5, 0.1), solver=CG(3))
+    full, _ = imaml.meta_gradient(loss_fn, params, (xs, ys), (xq, yq), **kwargs)
+    chunked, _ = imaml.meta_gradient(loss_fn, params, (xs, ys), (xq, yq), chunk_size=2, **kwargs)
+    for name in params:
+        torch.testing.assert_close(full[name], chunked[name])
+
+
+def test_cg_converges_to_dense_on_mlp(mlp_problem):
+    loss_fn, params, (xs, ys, xq, yq) = mlp_problem
+    kwargs = dict(lam=LAM, inner=HessianFree(steps=8, cg_iters=10))
+    dense, info_d = imaml.meta_gradient(
+        loss_fn, params, (xs, ys), (xq, yq), solver=Dense(), **kwargs
+    )
+    cg, info_c = imaml.meta_gradient(
+        loss_fn, params, (xs, ys), (xq, yq), solver=CG(60, tol=1e-13), **kwargs
+    )
+    assert torch.all(info_d["solver_residual"] < 1e-12)
+    assert torch.all(info_c["solver_residual"] < 1e-11)
+    for name in params:
+        torch.testing.assert_close(cg[name], dense[name], rtol=1e-8, atol=1e-10)
+
+
+def test_hessian_vector_product_matches_finite_differences(mlp_problem):
+    loss_fn, params, (xs, ys, _, _) = mlp_problem
+    phi = tree.detach(params)
+    objective = imaml.Objective(lambda p: loss_fn(p, xs[0], ys[0]), center=phi, lam=0.7)
+    g = torch.Generator().manual_seed(1)
+    v = {k: torch.randn(p.shape, generator=g, dtype=p.dtype) for k, p in phi.items()}
+    value, grad, hvp = objective.linearize(phi)
+    eps = 1e-5
+    _, g_plus = objective.value_and_grad(tree.axpy(eps, v, phi))
+    _, g_minus = objective.value_and_grad(tree.axpy(-eps, v, phi))
+    fd = tree.scale(tree.sub(g_plus, g_minus), 1 / (2 * eps))
+    torch.testing.assert_close(flat(hvp(v)), flat(fd), rtol=1e-7, atol=1e-9)
+    torch.testing.assert_close(value, objective.value(phi))
+    torch.testing.assert_close(flat(grad), flat(objective.value_and_grad(phi)[1]))
+
+
+def test_works_with_batchnorm_in_batch_statistics_mode():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.BatchNorm2d(4, track_running_stats=False),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    ).double()
+    loss_fn = imaml.classification_loss(model)
+    g = torch.Generator().manual_seed(0)
+    xs = torch.randn(2, 6, 1, 8, 8, generator=g, dtype=torch.float64)
+    xq = torch.randn(2, 9, 1, 8, 8, generator=g, dtype=torch.float64)
+    ys = torch.arange(3).repeat(2).expand(2, 6)
+    yq = torch.arange(3).repeat(3).expand(2, 9)
+    params = dict(model.named_parameters())
+    kwargs = dict(lam=LAM, inner=GD(5, 0.1), has_aux=True)
+    grads, info = imaml.meta_gradient(loss_fn, params, (xs, ys), (xq, yq), solver=CG(30), **kwargs)
+    dense, _ = imaml.meta_gradient(loss_fn, params, (xs, ys), (xq, yq), solver=Dense(), **kwargs)
+    assert info["query_accuracy"].shape == (2,)
+    for name in params:
+        assert torch.all(torch.isfinite(grads[name]))
+        torch.testing.assert_close(grads[name], dense[name], rtol=1e-6, atol=1e-8)
+
+
+def test_memory_does_not_retain_inner_graph(linear_tasks):
+    params = {k: v.clone().requires_grad_() for k, v in linear_tasks.theta.items()}
+    grads, info = imaml.meta_gradient(
+        linear_loss,
+        params,
+        linear_tasks.support,
+        linear_tasks.query,
+        lam=LAM,
+        inner=GD(3, 0.1),
+        solver=CG(2),
+    )
+    assert all(g.grad_fn is None and not g.requires_grad for g in grads.values())
+    assert all(v.grad_fn is None for v in info.values())
+
+
+class TestBadInput:
+    def call(self, tasks, **overrides):
+        kwargs = dict(
+            loss_fn=linear_loss,
+            params=tasks.theta,
+            support=tasks.support,
+            query=tasks.query,
+            lam=LAM,
+            inner=GD(2, 0.1),
+            solver=CG(2),
+        )
+        kwargs.update(overrides)
+        return imaml.meta_gradient(**kwargs)
+
+    @pytest.mark.parametrize("lam", [0.0, -1.0, float("nan"), float("inf")])
+    def test_lam_must_be_positive(self, linear_tasks, lam):
+        with pytest.raises(ValueError, match="lam"):
+            self.call(linear_tasks, lam=lam)
+
+    def test_task_dimensions_must_agree(self, linear_tasks):
+        with pytest.raises(ValueError, match="number of tasks"):
+            self.call(linear_tasks, query=(linear_tasks.xq[:3], linear_tasks.yq[:3]))
+        with pytest.raises(ValueError, match="number of tasks"):
+            self.call(linear_tasks, support=(linear_tasks.xs, linear_tasks.ys[:2]))
+
+    def test_params_must_be_floating_point(self, linear_tasks):
+        with pytest.raises(TypeError, match="floating-point"):
+            self.call(
+                linear_tasks, params={"w": torch.ones(4, dtype=torch.long), "b": torch.tensor(0.0)}
+            )
+        with pytest.raises(TypeError, match="not a tensor"):
+            self.call(linear_tasks, params={"w": [1.0, 2.0], "b": torch.tensor(0.0)})
+
+    def test_loss_must_be_scalar(self, linear_tasks):
+        def per_example(params, x, y):
+            return (x @ params["w"] + params["b"] - y) ** 2
+
+        with pytest.raises(ValueError, match="scalar"):
+            self.call(linear_tasks, loss_fn=per_example)
+
+    def test_aux_must_be_a_dict(self, linear_tasks):
+        with pytest.raises(TypeError, match="has_aux"):
+            self.call(linear_tasks, has_aux=True)
+
+    def test_negative_lam_in_adapt(self, linear_tasks):
+        with pytest.raises(ValueError, match="lam"):
+            imaml.adapt(
+                linear_loss, linear_tasks.theta, linear_tasks.support, lam=-1.0, inner=GD(1, 0.1)
+            )
+
+
+def test_generated_tasks_are_not_degenerate():
+    tasks = make_linear_tasks()
+    h, _ = tasks.quadratic(tasks.xs[0], tasks.ys[0])
+    eig = torch.linalg.eigvalsh(torch.eye(5, dtype=h.dtype) + h / LAM)
+    # Neumann(alpha=0.45) above converges when alpha * eig < 2 for every eigenvalue.
+    assert eig.max() * 0.45 < 2 and eig.min() > 1

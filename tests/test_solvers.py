@@ -1,0 +1,131 @@
+"""Linear solvers on explicit matrices: exactness, masking, residuals, and batching."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch.func import vmap
+
+from imaml import tree
+from imaml.solvers import CG, Dense, Neumann, conjugate_gradient, dense_matrix
+
+
+def spd(n: int, seed: int, cond: float = 10.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    return q @ torch.diag(torch.linspace(1.0, cond, n, dtype=torch.float64)) @ q.T
+
+
+def as_tree(vec):
+    return {"a": vec[:3], "b": vec[3:].reshape(-1, 1)}
+
+
+def matvec_of(a):
+    return lambda v: as_tree(a @ tree.flatten(v)[0])
+
+
+@pytest.fixture
+def system():
+    a = spd(6, 0)
+    b = torch.linspace(-1, 2, 6, dtype=torch.float64)
+    return a, b, torch.linalg.solve(a, b)
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [CG(6), CG(50, tol=1e-12), Neumann(400, alpha=0.15), Dense()],
+    ids=["cg-exact", "cg-tol", "neumann", "dense"],
+)
+def test_solver_is_exact_and_reports_true_residual(system, solver):
+    a, b, x_true = system
+    x, residual = solver(matvec_of(a), as_tree(b))
+    x = tree.flatten(x)[0]
+    torch.testing.assert_close(x, x_true, rtol=1e-9, atol=1e-10)
+    true_residual = torch.linalg.norm(a @ x - b) / torch.linalg.norm(b)
+    assert residual < 1e-9
+    torch.testing.assert_close(residual, true_residual, rtol=1e-2, atol=1e-12)
+
+
+def test_truncated_solvers_report_their_residual(system):
+    a, b, _ = system
+    for solver in (CG(2), Neumann(5, alpha=0.15)):
+        x, residual = solver(matvec_of(a), as_tree(b))
+        x = tree.flatten(x)[0]
+        true_residual = torch.linalg.norm(a @ x - b) / torch.linalg.norm(b)
+        assert residual > 1e-3
+        torch.testing.assert_close(residual, true_residual, rtol=1e-8, atol=0)
+
+
+def test_neumann_is_the_truncated_series(system):
+    a, b, _ = system
+    alpha, k = 0.1, 7
+    m = torch.eye(6, dtype=torch.float64) - alpha * a
+    expected = alpha * sum(torch.linalg.matrix_power(m, j) @ b for j in range(k))
+    x, _ = Neumann(k, alpha)(matvec_of(a), as_tree(b))
+    torch.testing.assert_close(tree.flatten(x)[0], expected)
+
+
+def test_converged_cg_keeps_its_solution(system):
+    a, b, x_true = system
+    # Far more iterations than needed: masked updates must not divide by a zero residual.
+    x, _residual = CG(200)(matvec_of(a), as_tree(b))
+    x = tree.flatten(x)[0]
+    assert torch.all(torch.isfinite(x))
+    torch.testing.assert_close(x, x_true, rtol=1e-9, atol=1e-10)
+
+
+def test_zero_right_hand_side_gives_zero():
+    a = spd(6, 1)
+    for solver in (CG(3), Neumann(3, 0.1), Dense()):
+        x, residual = solver(matvec_of(a), as_tree(torch.zeros(6, dtype=torch.float64)))
+        assert torch.all(tree.flatten(x)[0] == 0) and residual == 0
+
+
+def test_cg_error_falls_geometrically():
+    a = spd(40, 2, cond=20.0)
+    b = torch.ones(40, dtype=torch.float64)
+    x_true = torch.linalg.solve(a, b)
+    matvec = lambda v: {"v": a @ v["v"]}  # noqa: E731
+    errors = [
+        torch.linalg.norm(conjugate_gradient(matvec, {"v": b}, k).x["v"] - x_true)
+        for k in (2, 6, 10, 14)
+    ]
+    assert all(e2 < 0.3 * e1 for e1, e2 in itertools.pairwise(errors))
+
+
+def test_solvers_batch_under_vmap():
+    mats = torch.stack([spd(6, s) for s in range(3)])
+    rhs = torch.randn(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    for solver in (CG(6), Dense()):
+
+        def solve(m, r, solver=solver):
+            return solver(matvec_of(m), as_tree(r))
+
+        xs, res = vmap(solve)(mats, rhs)
+        for i in range(3):
+            got = tree.flatten({k: v[i] for k, v in xs.items()})[0]
+            torch.testing.assert_close(got, torch.linalg.solve(mats[i], rhs[i]))
+        assert res.shape == (3,)
+
+
+def test_negative_curvature_stop_returns_a_descent_direction():
+    a = torch.diag(torch.tensor([2.0, -1.0], dtype=torch.float64))
+    b = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    matvec = lambda v: {"v": a @ v["v"]}  # noqa: E731
+    x = conjugate_gradient(matvec, {"v": b}, 5, stop_on_negative_curvature=True).x["v"]
+    assert torch.all(torch.isfinite(x)) and x @ b > 0
+
+
+def test_dense_matrix_recovers_the_operator():
+    a = spd(6, 3)
+    torch.testing.assert_close(
+        dense_matrix(matvec_of(a), as_tree(torch.zeros(6, dtype=torch.float64))), a
+    )
+
+
+@pytest.mark.parametrize("make", [lambda: CG(0), lambda: CG(2, tol=-1.0), lambda: Neumann(3, 0.0)])
+def test_bad_settings_are_rejected(make):
+    with pytest.raises(ValueError):
+        make()
