@@ -1,0 +1,111 @@
+"""Data-parallel meta-training over processes and machines with ``torch.distributed``.
+
+Each meta-batch of B tasks is split into equal, contiguous shards, one per process (rank);
+each rank computes the meta-gradient of its shard, the shard means are averaged with
+``all_reduce``, and every rank takes the same optimizer step. Tasks are drawn by global
+index, so the meta-batch does not depend on the number of processes.
+
+Launch with ``torchrun``; the world is read from the environment it sets (``RANK``,
+``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``). Backend: NCCL on GPUs,
+gloo on CPUs, chosen from the device.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from imaml import tree
+from imaml.tree import Params
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among ``size`` processes (``World()``: a single process)."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this is rank 0, the one that writes logs and checkpoints."""
+        return self.rank == 0
+
+    @property
+    def is_distributed(self) -> bool:
+        """Whether there is more than one process."""
+        return self.size > 1
+
+    def shard(self, meta_batch: int) -> slice:
+        """The tasks ``[start, stop)`` of a meta-batch of ``meta_batch`` that this rank computes.
+
+        Raises ValueError unless the meta-batch divides evenly: unequal shards would weigh
+        tasks unequally in the averaged gradient.
+        """
+        if meta_batch % self.size:
+            raise ValueError(
+                f"the meta-batch of {meta_batch} tasks does not split evenly over {self.size} "
+                f"processes; choose a meta-batch that is a multiple of {self.size} "
+                "(e.g. --set train.meta_batch=...) or another number of processes"
+            )
+        per_rank = meta_batch // self.size
+        return slice(self.rank * per_rank, (self.rank + 1) * per_rank)
+
+    def mean(self, values: Params) -> Params:
+        """The average of ``values`` over all ranks (same keys and shapes on every rank).
+
+        All tensors travel in one flat buffer, so this is one ``all_reduce`` per call.
+        """
+        if not self.is_distributed:
+            return values
+        flat, unflatten = tree.flatten(values)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        return unflatten(flat / self.size)
+
+    def broadcast(self, tensors: list[Tensor]) -> None:
+        """Overwrite ``tensors`` in place with rank 0's values."""
+        if self.is_distributed:
+            for t in tensors:
+                dist.broadcast(t, src=0)
+
+
+def device_for(world: World, requested: str = "auto") -> torch.device:
+    """The device this rank computes on: ``cuda:LOCAL_RANK`` when CUDA is there (or asked for)."""
+    if requested == "auto":
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda":
+        return torch.device("cuda", world.local_rank)
+    return torch.device(requested)
+
+
+def init_world(device: torch.device, timeout_s: float = 600.0) -> World:
+    """Join the process group that ``torchrun`` describes in the environment, if any.
+
+    Without ``WORLD_SIZE`` (a plain ``python``/``imaml`` launch) it returns ``World()``.
+    The backend is NCCL for a CUDA device, gloo otherwise.
+    """
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return World()
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend, timeout=timedelta(seconds=timeout_s))
+    return World(
+        rank=dist.get_rank(),
+        size=dist.get_world_size(),
+        local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+    )
+
+
+def shutdown(world: World) -> None:
+    """Leave the process group (a no-op for a single process)."""
+    if world.is_distributed and dist.is_initialized():
+        dist.destroy_process_group()
