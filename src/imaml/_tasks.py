@@ -93,6 +93,22 @@ def loss_parts(
     return loss_only, with_aux
 
 
+def prepare(
+    loss_fn: Callable[..., Any],
+    params: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]],
+    has_aux: bool,
+    **splits: Tensor | Sequence[Tensor],
+) -> tuple[Params, list[Batch], Callable[..., Tensor], Callable[..., LossAndAux]]:
+    """Validate a gradient function's inputs.
+
+    Returns ``(θ, [each split as a tuple of tensors], loss only, (loss, aux))``.
+    """
+    theta = check_params(params)
+    batches = {name: as_batch(split, name) for name, split in splits.items()}
+    num_tasks(**batches)
+    return theta, list(batches.values()), *loss_parts(loss_fn, has_aux)
+
+
 def map_tasks(
     fn: Callable[..., Any], theta: Params, *splits: Batch, chunk_size: int | None = None
 ) -> Any:

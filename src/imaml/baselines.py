@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.func import grad, grad_and_value
 
 from imaml import tree
-from imaml._tasks import as_batch, check_params, loss_parts, map_tasks, num_tasks, task_mean
+from imaml._tasks import map_tasks, prepare, task_mean
 from imaml.implicit import ParamsLike, SplitLike
 from imaml.inner import InnerOptimizer
 from imaml.objective import Objective
@@ -42,11 +42,9 @@ def maml_gradient(
     tasks), info a dict of (B,) tensors: ``support_loss`` and ``query_loss`` at φ,
     ``inner_grad_norm`` (‖∇L_s(φ)‖) and ``query_<name>`` per aux entry.
     """
-    theta = check_params(params)
-    support, query = as_batch(support, "support"), as_batch(query, "query")
-    num_tasks(support=support, query=query)
-    support_loss, _ = loss_parts(loss_fn, has_aux)
-    _, query_loss = loss_parts(loss_fn, has_aux)
+    theta, (support, query), support_loss, query_loss = prepare(
+        loss_fn, params, has_aux, support=support, query=query
+    )
 
     def one_task(theta: Params, s: tuple[Tensor, ...], q: tuple[Tensor, ...]):
         objective_of = Objective(lambda p: support_loss(p, *s))
@@ -89,10 +87,7 @@ def reptile_gradient(
     learning rate ε it is Reptile's ``θ ← θ + ε(φ̄ − θ)``. Returns ``(grads, info)``: info
     holds (B,) tensors ``support_loss`` and ``inner_grad_norm`` (‖∇L_s(φ)‖) at φ.
     """
-    theta = check_params(params)
-    support = as_batch(support, "support")
-    num_tasks(support=support)
-    support_loss, _ = loss_parts(loss_fn, has_aux)
+    theta, (support,), support_loss, _ = prepare(loss_fn, params, has_aux, support=support)
 
     def one_task(theta: Params, s: tuple[Tensor, ...]):
         objective = Objective(lambda p: support_loss(p, *s))

@@ -18,15 +18,7 @@ from torch import Tensor
 from torch.func import grad_and_value
 
 from imaml import tree
-from imaml._tasks import (
-    as_batch,
-    check_lam,
-    check_params,
-    loss_parts,
-    map_tasks,
-    num_tasks,
-    task_mean,
-)
+from imaml._tasks import check_lam, map_tasks, prepare, task_mean
 from imaml.inner import InnerOptimizer
 from imaml.objective import Objective
 from imaml.solvers import LinearSolver
@@ -72,11 +64,9 @@ def meta_gradient(
         ``solver_residual`` (‖A g − b‖/‖b‖) and ``query_<name>`` for each aux entry.
     """
     lam = check_lam(lam)
-    theta = check_params(params)
-    support, query = as_batch(support, "support"), as_batch(query, "query")
-    num_tasks(support=support, query=query)
-    support_loss, _ = loss_parts(loss_fn, has_aux)
-    _, query_loss = loss_parts(loss_fn, has_aux)
+    theta, (support, query), support_loss, query_loss = prepare(
+        loss_fn, params, has_aux, support=support, query=query
+    )
 
     def one_task(theta: Params, s: tuple[Tensor, ...], q: tuple[Tensor, ...]):
         def train_loss(p: Params) -> Tensor:
@@ -122,10 +112,7 @@ def adapt(
     lam = float(lam)
     if lam != 0.0:
         lam = check_lam(lam)
-    theta = check_params(params)
-    support = as_batch(support, "support")
-    num_tasks(support=support)
-    support_loss, _ = loss_parts(loss_fn, has_aux)
+    theta, (support,), support_loss, _ = prepare(loss_fn, params, has_aux, support=support)
 
     def one_task(theta: Params, s: tuple[Tensor, ...]) -> Params:
         objective = Objective(lambda p: support_loss(p, *s), theta if lam > 0 else None, lam)
