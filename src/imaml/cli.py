@@ -1,0 +1,268 @@
+"""The ``imaml`` command: ``train``, ``eval``, ``configs``, ``plot`` and ``bench``.
+
+Every user error ends with a one-line ``imaml: error: ...`` on stderr and exit status 1
+(2 for bad command-line syntax, 130 for Ctrl-C); progress goes to stderr, results to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from imaml.checkpoint import CheckpointError
+from imaml.config import Config, ConfigError, bundled_config_text, bundled_configs, load_config
+from imaml.data import DatasetError
+from imaml.plot import PlotError, plot_run
+from imaml.training import (
+    EVAL_SEED,
+    DataSource,
+    Interrupted,
+    TrainingError,
+    TrainResult,
+    evaluate_checkpoint,
+    resume_config,
+    train,
+)
+from imaml.training.components import adaptation_lam
+
+DEFAULT_CONFIG = "sinusoid"
+
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, TrainingError, PlotError, OSError)
+"""Errors reported as one line, without a traceback (OSError: disk full, no permission...)."""
+
+
+def default_data_dir() -> Path:
+    """``$IMAML_DATA`` if set, else ``$XDG_DATA_HOME/imaml`` (``~/.local/share/imaml``).
+
+    The folder holds one subfolder per data set: ``omniglot/``, ``miniimagenet/``.
+    """
+    if os.environ.get("IMAML_DATA"):
+        return Path(os.environ["IMAML_DATA"]).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "imaml"
+
+
+def _add_machine_options(parser: argparse.ArgumentParser) -> None:
+    """Options about this machine, not the experiment: data, cache, device, threads."""
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        metavar="DIR",
+        help="folder holding omniglot/ and miniimagenet/ "
+        "(default: $IMAML_DATA, else ~/.local/share/imaml)",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help="where resized images are cached (default: ~/.cache/imaml)",
+    )
+    parser.add_argument(
+        "--download", action="store_true", help="download a missing data set (Omniglot only)"
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument(
+        "--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's)"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``imaml`` command."""
+    parser = argparse.ArgumentParser(
+        prog="imaml", description="Meta-learning with implicit gradients (iMAML)."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = commands.add_parser("train", help="meta-train from a config", description=_train.__doc__)
+    p.add_argument(
+        "config",
+        nargs="?",
+        metavar="CONFIG",
+        help=f"a bundled config name (see `imaml configs`) or a TOML file (default: "
+        f"{DEFAULT_CONFIG})",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.meta_steps=100 (repeatable)",
+    )
+    p.add_argument("--run-dir", type=Path, metavar="DIR", help="default: runs/<config>-<timestamp>")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    _add_machine_options(p)
+    p.set_defaults(func=_train)
+
+    p = commands.add_parser("eval", help="meta-test a checkpoint", description=_eval.__doc__)
+    p.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT", type=Path)
+    p.add_argument(
+        "--split",
+        choices=("train", "val", "test", "trainval"),
+        help="default: the config's eval.split (test)",
+    )
+    p.add_argument("--tasks", type=int, metavar="N", help="default: the config's eval.tasks (600)")
+    p.add_argument(
+        "--seed", type=int, default=EVAL_SEED, metavar="S", help="task seed (default: %(default)s)"
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_machine_options(p)
+    p.set_defaults(func=_eval)
+
+    p = commands.add_parser(
+        "configs", help="list the bundled configs", description=_configs.__doc__
+    )
+    p.add_argument("name", nargs="?", metavar="NAME", help="print this config's TOML")
+    p.set_defaults(func=_configs)
+
+    p = commands.add_parser("plot", help="plot a run's learning curves", description=_plot.__doc__)
+    p.add_argument("run_dir", metavar="RUN_DIR", type=Path)
+    p.add_argument("-o", "--out", type=Path, help="PNG file (default: RUN_DIR/curves.png)")
+    p.set_defaults(func=_plot)
+
+    # `imaml bench ARGS` is forwarded to imaml.bench.main(ARGS) before parsing (see main).
+    commands.add_parser("bench", help="benchmarks (see `imaml bench --help`)", add_help=False)
+    return parser
+
+
+def _source(args: argparse.Namespace) -> DataSource:
+    return DataSource(args.data_dir or default_data_dir(), args.cache_dir, args.download)
+
+
+def _new_run_dir(name: str) -> Path:
+    stem = Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = stem, 1
+    while path.exists():
+        path, n = Path(f"{stem}-{n}"), n + 1
+    return path
+
+
+def _train(args: argparse.Namespace) -> int:
+    """Meta-train from a bundled config or a TOML file, into a run directory."""
+    if args.resume:
+        if args.run_dir is None:
+            raise ConfigError("--resume needs --run-dir DIR, the run to continue")
+        if args.config is not None:
+            raise ConfigError("with --resume the config comes from the run; drop CONFIG")
+        config, run_dir = resume_config(args.run_dir, args.overrides), args.run_dir
+        name = run_dir.name
+    else:
+        name, config = load_config(args.config or DEFAULT_CONFIG, args.overrides)
+        run_dir = args.run_dir or _new_run_dir(name)
+    cfg = config.train
+    if not args.quiet:
+        verb = "resuming" if args.resume else "training"
+        print(
+            f"imaml: {verb} {name} ({config.algorithm}, {cfg.meta_steps} meta-steps of "
+            f"{cfg.meta_batch} tasks) in {run_dir}",
+            file=sys.stderr,
+        )
+    start = time.perf_counter()
+    result = train(
+        config, run_dir, _source(args), resume=args.resume, quiet=args.quiet, device=args.device
+    )
+    _print_summary(config, result, time.perf_counter() - start)
+    return 0
+
+
+def _print_summary(config: Config, result: TrainResult, seconds: float) -> None:
+    print(f"trained to step {result.steps} in {seconds:.1f} s; run dir: {result.run_dir.path}")
+    if result.best is not None:
+        step, value = result.best
+        print(f"best validation {value:.4f} at step {step} (best.pt)")
+    if result.final is not None and result.baseline is not None:
+        steps = config.eval.inner_steps or config.inner.steps
+        how = f"{steps} {config.inner.optimizer} steps, lam {adaptation_lam(config):g}"
+        print(f"{config.eval.split}: {result.final.tasks} held-out tasks, adapted ({how}) from")
+        print(f"  the meta-learned init: {result.final}")
+        print(f"  the initial random init: {result.baseline}")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    """Meta-test a checkpoint on held-out tasks: mean accuracy (MSE) ± 95% CI."""
+    out = evaluate_checkpoint(
+        args.path, _source(args), split=args.split, tasks=args.tasks, seed=args.seed,
+        device=args.device,
+    )  # fmt: skip
+    r = out.result
+    if args.json:
+        record = {
+            **r.to_dict(),
+            "split": out.split,
+            "seed": args.seed,
+            "checkpoint": str(out.path),
+            "step": out.step,
+            "algorithm": out.config.algorithm,
+        }
+        print(json.dumps(record))
+    else:
+        data = out.config.data
+        shape = "" if data.dataset == "sinusoid" else f" {data.ways}-way {data.shots}-shot"
+        print(
+            f"{out.path} (step {out.step}), {data.dataset}{shape}, {r.tasks} {out.split} tasks: {r}"
+        )
+    return 0
+
+
+def _configs(args: argparse.Namespace) -> int:
+    """List the bundled configs, or print one."""
+    configs = bundled_configs()
+    if args.name is not None:
+        if args.name not in configs:
+            raise ConfigError(f"no bundled config {args.name!r}; bundled: {', '.join(configs)}")
+        print(bundled_config_text(args.name), end="")
+        return 0
+    width = max(map(len, configs))
+    for name, description in configs.items():
+        print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    """Write a PNG of a run's learning curves."""
+    print(plot_run(args.run_dir, args.out))
+    return 0
+
+
+def _bench(argv: list[str]) -> int:
+    try:
+        from imaml.bench import main as bench_main
+    except ImportError as err:
+        raise ConfigError(f"`imaml bench` is not available in this install ({err})") from None
+    return bench_main(argv) or 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``imaml`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        if argv[:1] == ["bench"]:
+            return _bench(argv[1:])
+        args = build_parser().parse_args(argv)
+        if getattr(args, "threads", None) is not None:
+            if args.threads < 1:
+                raise ConfigError(f"--threads must be > 0, got {args.threads}")
+            torch.set_num_threads(args.threads)
+        return args.func(args)
+    except Interrupted as err:
+        run_dir = err.checkpoint.parent
+        print(
+            f"imaml: {err}; resume with: imaml train --resume --run-dir {run_dir}",
+            file=sys.stderr,
+        )
+        return 130
+    except KeyboardInterrupt:
+        print("imaml: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as err:
+        message = " ".join(str(err).split())
+        print(f"imaml: error: {message}", file=sys.stderr)
+        return 1

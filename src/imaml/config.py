@@ -1,0 +1,376 @@
+"""Experiment configuration: a typed schema, the bundled TOML configs, and ``--set`` overrides.
+
+A config is a TOML file with two top-level keys and six tables::
+
+    algorithm = "imaml"            # imaml | maml | fomaml | reptile
+    description = "one line"
+    [data]   dataset, ways, shots, query_shots, image_size, rotations, train_split, val_split
+    [model]  name, filters, downsample, hidden
+    [inner]  optimizer, steps, lr, cg_iters, ls_steps
+    [imaml]  lam, solver, solver_iters, neumann_alpha
+    [train]  meta_steps, meta_batch, seed, outer_optimizer, outer_lr, chunk_size,
+             log_every, val_every, val_tasks, checkpoint_every
+    [eval]   tasks, batch, inner_steps, split, at_end
+
+Every key has a default (:class:`Config`), so a file states only what it changes. Unknown keys
+and values of the wrong type raise :class:`ConfigError`, naming the key and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+Algorithm = Literal["imaml", "maml", "fomaml", "reptile"]
+Split = Literal["train", "val", "test", "trainval"]
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and what is allowed."""
+
+
+@dataclass
+class DataConfig:
+    """Which tasks to meta-learn: the data set and the N-way K-shot episode shape.
+
+    ``image_size`` and ``rotations`` apply to Omniglot (mini-ImageNet is 84×84; the model
+    reads ``image_size``); ``ways`` is ignored for sinusoids. Splits: ``train`` / ``val`` /
+    ``test`` / ``trainval`` (Omniglot's Vinyals split; mini-ImageNet has no ``trainval``).
+    """
+
+    dataset: Literal["omniglot", "miniimagenet", "sinusoid"] = "omniglot"
+    ways: int = 5
+    shots: int = 1
+    query_shots: int = 15
+    image_size: int = 28
+    rotations: bool = True
+    train_split: Split = "train"
+    val_split: Split = "val"
+
+
+@dataclass
+class ModelConfig:
+    """The network: ``conv4`` (``filters``, ``downsample``) or ``mlp`` (``hidden`` sizes)."""
+
+    name: Literal["conv4", "mlp"] = "conv4"
+    filters: int = 64
+    downsample: Literal["stride", "pool"] = "stride"
+    hidden: list[int] = field(default_factory=lambda: [40, 40])
+
+
+@dataclass
+class InnerConfig:
+    """The inner (task-adaptation) optimizer of :mod:`imaml.inner`."""
+
+    optimizer: Literal["gd", "adam", "hf"] = "gd"
+    steps: int = 16
+    lr: float = 0.1
+    cg_iters: int = 5
+    ls_steps: int = 10
+
+
+@dataclass
+class ImamlConfig:
+    """iMAML's proximal strength λ and the linear solver for ``(I + H/λ) g = ∇L_q``."""
+
+    lam: float = 2.0
+    solver: Literal["cg", "neumann", "dense"] = "cg"
+    solver_iters: int = 5
+    neumann_alpha: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    """The outer loop: steps, meta-batch, seed, outer optimizer, logging and checkpoints.
+
+    ``chunk_size`` > 0 computes the meta-batch in vmap chunks of that many tasks (less memory);
+    ``val_every`` = 0 disables validation.
+    """
+
+    meta_steps: int = 20000
+    meta_batch: int = 32
+    seed: int = 0
+    outer_optimizer: Literal["adam", "sgd"] = "adam"
+    outer_lr: float = 1e-3
+    chunk_size: int = 0
+    log_every: int = 10
+    val_every: int = 500
+    val_tasks: int = 200
+    checkpoint_every: int = 100
+
+
+@dataclass
+class EvalConfig:
+    """Meta-test: ``tasks`` tasks of ``split`` adapted ``batch`` at a time.
+
+    ``inner_steps`` = 0 adapts with the training number of inner steps. With ``at_end``,
+    training ends by evaluating the meta-learned and the initial parameters on ``split``.
+    """
+
+    tasks: int = 600
+    batch: int = 50
+    inner_steps: int = 0
+    split: Split = "test"
+    at_end: bool = False
+
+
+@dataclass
+class Config:
+    """A whole experiment; see the module docstring for the TOML layout."""
+
+    algorithm: Algorithm = "imaml"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    inner: InnerConfig = field(default_factory=InnerConfig)
+    imaml: ImamlConfig = field(default_factory=ImamlConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as nested plain dicts (TOML/JSON-ready)."""
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        """The config as a JSON string (what checkpoints store)."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    def to_toml(self) -> str:
+        """The config as TOML text that :func:`parse_config` reads back to an equal config."""
+        data = self.to_dict()
+        lines = [f"{k} = {_toml_value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+        for table, values in data.items():
+            if isinstance(values, dict):
+                lines += ["", f"[{table}]", *(f"{k} = {_toml_value(v)}" for k, v in values.items())]
+        return "\n".join(lines) + "\n"
+
+
+# Lower bounds of the numeric keys that must be positive (> 0) or non-negative (>= 0).
+_POSITIVE = {
+    "data.ways", "data.shots", "data.query_shots", "data.image_size", "model.filters",
+    "inner.lr", "inner.cg_iters", "inner.ls_steps", "imaml.solver_iters", "imaml.neumann_alpha",
+    "train.meta_batch", "train.outer_lr", "train.log_every", "train.val_tasks",
+    "train.checkpoint_every", "eval.tasks", "eval.batch",
+}  # fmt: skip
+_NON_NEGATIVE = {
+    "inner.steps", "imaml.lam", "train.meta_steps", "train.seed", "train.chunk_size",
+    "train.val_every", "eval.inner_steps",
+}  # fmt: skip
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)  # a TOML basic string
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return repr(value)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"a list of {typing.get_args(tp)[0].__name__}"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}[tp]
+
+
+def _check_value(key: str, value: Any, tp: Any) -> Any:
+    """Return ``value`` converted to the field type ``tp`` (int → float only), or raise."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        ok = value in typing.get_args(tp) and isinstance(value, str)
+    elif origin is list:
+        (item,) = typing.get_args(tp)
+        ok = isinstance(value, list)
+        if ok:
+            value = [_check_value(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    elif tp is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif tp is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, tp)
+    if not ok:
+        raise ConfigError(f"{key} must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _fields(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _unknown(key: str, known: Iterable[str]) -> ConfigError:
+    return ConfigError(f"unknown config key {key!r}; valid keys here: {', '.join(known)}")
+
+
+def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
+    """Instantiate the dataclass ``cls`` from a (nested) mapping, checking every key and type."""
+    fields = _fields(cls)
+    kwargs = {}
+    for name, value in values.items():
+        key = prefix + name
+        if name not in fields:
+            raise _unknown(key, (prefix + f for f in fields))
+        tp = fields[name]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"{key} must be a table ([{key}]), got {value!r}")
+            kwargs[name] = _build(tp, value, key + ".")
+        else:
+            kwargs[name] = _check_value(key, value, tp)
+    return cls(**kwargs)
+
+
+def _validate(config: Config) -> Config:
+    """Check the value ranges of a type-correct config."""
+    for key in _POSITIVE | _NON_NEGATIVE:
+        table, name = key.split(".")
+        value = getattr(getattr(config, table), name)
+        if not math.isfinite(value) or value < 0 or (key in _POSITIVE and value == 0):
+            bound = "> 0" if key in _POSITIVE else ">= 0"
+            raise ConfigError(f"{key} must be {bound}, got {value!r}")
+    if config.algorithm == "imaml" and config.imaml.lam == 0:
+        raise ConfigError("imaml.lam must be > 0 for algorithm 'imaml' (the paper uses 2.0)")
+    if config.model.name == "mlp" and config.data.dataset != "sinusoid":
+        raise ConfigError("model.name 'mlp' needs data.dataset 'sinusoid'; images need 'conv4'")
+    if config.model.name == "conv4" and config.data.dataset == "sinusoid":
+        raise ConfigError("data.dataset 'sinusoid' needs model.name 'mlp'")
+    splits = (config.data.train_split, config.data.val_split, config.eval.split)
+    if config.data.dataset == "miniimagenet" and "trainval" in splits:
+        raise ConfigError("mini-ImageNet has no 'trainval' split; use 'train', 'val' or 'test'")
+    if any(h < 1 for h in config.model.hidden):
+        raise ConfigError(f"model.hidden sizes must be > 0, got {config.model.hidden}")
+    return config
+
+
+def from_dict(values: Mapping[str, Any], overrides: Iterable[str] = ()) -> Config:
+    """Build and validate a :class:`Config` from nested dicts and ``KEY=VALUE`` overrides."""
+    merged = json.loads(json.dumps(dict(values)))  # a deep copy of plain data
+    for item in overrides:
+        key, value = parse_override(item)
+        *tables, name = key.split(".")
+        target = merged
+        for table in tables:
+            target = target.setdefault(table, {})
+        target[name] = value
+    return _validate(_build(Config, merged))
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Split ``KEY=VALUE`` and read VALUE with the type of the config field KEY names.
+
+    VALUE is read as a TOML value (``100``, ``1e-3``, ``true``, ``[40, 40]``, ``"x"``); a
+    bare word is taken as a string, so ``algorithm=maml`` works without quotes.
+    """
+    key, sep, raw = item.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. train.meta_steps=100), got {item!r}")
+    tp = _field_type(key)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        if tp is not str and typing.get_origin(tp) is not Literal:
+            raise ConfigError(f"{key} must be {_type_name(tp)}, got {raw!r}") from None
+        value = raw
+    return key, _check_value(key, value, tp)
+
+
+def _field_type(key: str) -> Any:
+    """The type of the (dotted) config key; ConfigError listing the valid keys if unknown."""
+    cls: Any = Config
+    prefix = ""
+    parts = key.split(".")
+    for i, name in enumerate(parts):
+        fields = _fields(cls)
+        if name not in fields:
+            raise _unknown(key, (prefix + f for f in fields))
+        tp = fields[name]
+        if dataclasses.is_dataclass(tp) != (i < len(parts) - 1):
+            kind = "a table; set one of its keys" if dataclasses.is_dataclass(tp) else "not a table"
+            raise ConfigError(f"{prefix + name} is {kind}")
+        cls, prefix = tp, prefix + name + "."
+    return cls
+
+
+def parse_config(text: str, overrides: Iterable[str] = (), source: str = "<string>") -> Config:
+    """Parse TOML ``text`` into a validated :class:`Config`, then apply ``overrides``."""
+    try:
+        values = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{source} is not valid TOML: {err}") from None
+    try:
+        return from_dict(values, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def bundled_configs() -> dict[str, str]:
+    """The bundled configs, ``{name: description}``, sorted by name."""
+    folder = resources.files("imaml") / "configs"
+    names = sorted(p.name[: -len(".toml")] for p in folder.iterdir() if p.name.endswith(".toml"))
+    return {
+        name: parse_config(bundled_config_text(name), source=name).description for name in names
+    }
+
+
+def bundled_config_text(name: str) -> str:
+    """The TOML text (with its comments) of the bundled config ``name``."""
+    return (resources.files("imaml") / "configs" / f"{name}.toml").read_text(encoding="utf-8")
+
+
+def load_config(name_or_path: str, overrides: Iterable[str] = ()) -> tuple[str, Config]:
+    """Load a bundled config by name, or a TOML file by path; returns ``(name, config)``.
+
+    ``name`` is the bundled name or the file's stem (it names the run directory).
+    """
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as err:
+            raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+        return path.stem, parse_config(text, overrides, source=str(path))
+    try:
+        text = bundled_config_text(name_or_path)
+    except (FileNotFoundError, OSError):
+        names = ", ".join(bundled_configs())
+        raise ConfigError(
+            f"no bundled config named {name_or_path!r} and no such file; bundled: {names}"
+        ) from None
+    return name_or_path, parse_config(text, overrides, source=name_or_path)
+
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "ImamlConfig",
+    "InnerConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "bundled_config_text",
+    "bundled_configs",
+    "from_dict",
+    "load_config",
+    "parse_config",
+    "parse_override",
+]

@@ -1,0 +1,52 @@
+"""Meta-training and meta-testing from a :class:`~imaml.config.Config`.
+
+:func:`train` runs the loop into a run directory; :func:`evaluate_checkpoint` meta-tests a
+checkpoint. The pieces (:mod:`~imaml.training.components`, :mod:`~imaml.training.step`,
+:mod:`~imaml.training.evaluation`) are usable on their own, e.g. in a notebook.
+"""
+
+from imaml.training.components import DataSource, Problem, build_problem, build_sampler
+from imaml.training.evaluation import (
+    EVAL_SEED,
+    Adaptation,
+    CheckpointEval,
+    EvalResult,
+    evaluate,
+    evaluate_checkpoint,
+)
+from imaml.training.loop import (
+    Diverged,
+    Interrupted,
+    Trainer,
+    TrainingError,
+    TrainResult,
+    resume_config,
+    train,
+)
+from imaml.training.rundir import RunDir, resolve_checkpoint
+from imaml.training.step import GradientFn, make_gradient_fn, sample_shard
+
+__all__ = [
+    "EVAL_SEED",
+    "Adaptation",
+    "CheckpointEval",
+    "DataSource",
+    "Diverged",
+    "EvalResult",
+    "GradientFn",
+    "Interrupted",
+    "Problem",
+    "RunDir",
+    "TrainResult",
+    "Trainer",
+    "TrainingError",
+    "build_problem",
+    "build_sampler",
+    "evaluate",
+    "evaluate_checkpoint",
+    "make_gradient_fn",
+    "resolve_checkpoint",
+    "resume_config",
+    "sample_shard",
+    "train",
+]

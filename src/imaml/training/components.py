@@ -1,0 +1,159 @@
+"""From a :class:`~imaml.config.Config` to what the engine takes: model, loss, data, optimizers."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+from imaml import inner as inner_lib
+from imaml import solvers
+from imaml.config import Config, ConfigError, InnerConfig
+from imaml.data import DatasetNotFoundError, MiniImageNet, Omniglot, Sinusoid, TaskSampler
+from imaml.losses import classification_loss, regression_loss
+from imaml.models import MLP, Conv4
+from imaml.tree import Params
+
+_CHANNELS = {"omniglot": 1, "miniimagenet": 3}
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A model with its per-task loss and the metric reported on query sets.
+
+    ``metric`` is ``"accuracy"`` (classification, higher is better) or ``"mse"`` (regression,
+    lower is better); :meth:`score` returns it for one task.
+    """
+
+    model: nn.Module
+    loss_fn: Callable[..., Any]
+    has_aux: bool
+    metric: Literal["accuracy", "mse"]
+
+    @property
+    def higher_is_better(self) -> bool:
+        """Whether a larger :attr:`metric` is better."""
+        return self.metric == "accuracy"
+
+    def score(self, params: Params, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loss, metric)`` of one task's examples under ``params`` (0-d tensors)."""
+        if self.has_aux:
+            loss, aux = self.loss_fn(params, x, y)
+            return loss, aux["accuracy"]
+        loss = self.loss_fn(params, x, y)
+        return loss, loss
+
+
+def build_model(config: Config) -> nn.Module:
+    """The network the config describes, initialized from ``train.seed`` (global RNG untouched)."""
+    data, model = config.data, config.model
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.train.seed)
+        if model.name == "mlp":
+            return MLP(1, 1, hidden=tuple(model.hidden))
+        return Conv4(
+            _CHANNELS[data.dataset],
+            data.ways,
+            hidden=model.filters,
+            image_size=data.image_size,
+            downsample=model.downsample,
+        )
+
+
+def build_problem(config: Config) -> Problem:
+    """The model of the config with its loss: cross-entropy + accuracy, or mean squared error."""
+    model = build_model(config)
+    if config.data.dataset == "sinusoid":
+        return Problem(model, regression_loss(model), has_aux=False, metric="mse")
+    return Problem(model, classification_loss(model), has_aux=True, metric="accuracy")
+
+
+def build_inner(config: InnerConfig, steps: int | None = None) -> inner_lib.InnerOptimizer:
+    """The inner optimizer of ``config``, optionally with another number of ``steps``."""
+    steps = config.steps if steps is None else steps
+    if config.optimizer == "gd":
+        return inner_lib.GD(steps, config.lr)
+    if config.optimizer == "adam":
+        return inner_lib.Adam(steps, config.lr)
+    return inner_lib.HessianFree(steps, cg_iters=config.cg_iters, ls_steps=config.ls_steps)
+
+
+def build_solver(config: Config) -> solvers.LinearSolver:
+    """The linear solver of iMAML's meta-gradient."""
+    cfg = config.imaml
+    if cfg.solver == "cg":
+        return solvers.CG(cfg.solver_iters)
+    if cfg.solver == "neumann":
+        return solvers.Neumann(cfg.solver_iters, cfg.neumann_alpha)
+    return solvers.Dense()
+
+
+def adaptation_lam(config: Config) -> float:
+    """λ of test-time adaptation: iMAML adapts with its proximal term, the others without."""
+    return config.imaml.lam if config.algorithm == "imaml" else 0.0
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where data sets live on this machine (not part of an experiment's config).
+
+    ``root`` holds one folder per data set (``omniglot/``, ``miniimagenet/``); resized copies
+    are cached in ``cache_dir`` (None: :func:`imaml.data.default_cache_dir`); ``download``
+    fetches missing files where the data set allows it.
+    """
+
+    root: Path
+    cache_dir: Path | None = None
+    download: bool = False
+
+
+def split_seed(seed: int, split: str) -> int:
+    """The task seed of ``split``: ``seed`` itself for training, a distinct stream otherwise.
+
+    Sinusoid tasks have no class split, so validation and test tasks must come from streams of
+    their own to be held out from training.
+    """
+    if split == "train":
+        return seed
+    digest = hashlib.sha256(f"imaml:{seed}:{split}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def build_sampler(
+    config: Config, split: str, source: DataSource, seed: int, device: torch.device | str = "cpu"
+) -> TaskSampler:
+    """A task sampler over ``split`` of the config's data set, its tasks fixed by ``seed``.
+
+    Raises:
+        DatasetNotFoundError: the data set is not under ``source.root`` (the message says how
+            to get it).
+    """
+    data = config.data
+    if data.dataset == "sinusoid":
+        dataset: Any = Sinusoid()
+    else:
+        root = source.root / data.dataset
+        try:
+            if data.dataset == "omniglot":
+                dataset = Omniglot(
+                    root, split, data.image_size, data.rotations, source.download, source.cache_dir
+                )
+            else:
+                dataset = MiniImageNet(root, split, source.download, source.cache_dir)
+        except DatasetNotFoundError as err:
+            fetch = "add --download, or " if data.dataset == "omniglot" else ""
+            raise DatasetNotFoundError(
+                f"{err} (command line: {fetch}point --data-dir or $IMAML_DATA at the folder "
+                f"holding {data.dataset}/)"
+            ) from None
+    try:
+        return TaskSampler(
+            dataset, data.ways, data.shots, data.query_shots, split_seed(seed, split), device=device
+        )
+    except ValueError as err:
+        raise ConfigError(f"data ({split} split): {err}") from None

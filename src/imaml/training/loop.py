@@ -1,0 +1,392 @@
+"""The meta-training loop: logging, validation, checkpoints, resumption, divergence, Ctrl-C."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+import imaml
+from imaml import checkpoint
+from imaml.config import Config
+from imaml.distributed import World
+from imaml.training.components import DataSource, Problem, build_problem, build_sampler
+from imaml.training.evaluation import EVAL_SEED, Adaptation, EvalResult, evaluate
+from imaml.training.rundir import RunDir, checkpoint_config
+from imaml.training.step import all_finite, apply_gradients, make_gradient_fn, sample_shard
+from imaml.tree import Params
+
+
+class TrainingError(Exception):
+    """Training cannot start or go on; the message says why and what to do."""
+
+
+class Diverged(TrainingError):
+    """The meta-loss or the meta-gradient is not finite at ``step`` (1-based); no update applied."""
+
+    def __init__(self, step: int, last_checkpoint: int | None, path: Path) -> None:
+        kept = (
+            f"the last good checkpoint (step {last_checkpoint}) is kept in {path}"
+            if last_checkpoint is not None
+            else "no checkpoint had been written yet"
+        )
+        super().__init__(
+            f"the meta-loss or meta-gradient is not finite (NaN/inf) at step {step}; training "
+            f"stopped and {kept}. Lower train.outer_lr or inner.lr and start again."
+        )
+        self.step = step
+
+
+class Interrupted(Exception):
+    """Training was interrupted (Ctrl-C) after ``step`` steps, all saved in ``checkpoint``."""
+
+    def __init__(self, step: int, checkpoint_path: Path) -> None:
+        super().__init__(f"interrupted after step {step}; checkpoint saved to {checkpoint_path}")
+        self.step = step
+        self.checkpoint = checkpoint_path
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` did: the run directory, the steps done, the best validation
+    ``(step, value)`` if validated, and, with ``eval.at_end``, the test results of the
+    meta-learned (``final``) and of the initial (``baseline``) parameters."""
+
+    run_dir: RunDir
+    steps: int
+    best: tuple[int, float] | None = None
+    final: EvalResult | None = None
+    baseline: EvalResult | None = None
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C until the block ends, so that an update is applied whole or not at all."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received and previous is signal.default_int_handler:
+            raise KeyboardInterrupt
+
+
+class _Window:
+    """Running sums of the per-step diagnostics between two log lines (no host sync)."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.sums: dict[str, Tensor] = {}
+        self.steps = 0
+        self.seconds = 0.0
+
+    def add(self, meta_loss: Tensor, info: dict[str, Tensor], seconds: float) -> None:
+        for key, value in {"meta_loss": meta_loss, **info}.items():
+            value = value.detach().mean()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+        self.steps += 1
+        self.seconds += seconds
+
+    def flush(self, meta_batch: int) -> dict[str, float]:
+        record = {k: v.item() / self.steps for k, v in self.sums.items()}
+        record["sec_per_step"] = self.seconds / self.steps
+        record["tasks_per_sec"] = meta_batch * self.steps / self.seconds
+        self._reset()
+        return record
+
+
+class _Log:
+    """metrics.jsonl, optional TensorBoard scalars, and progress on stderr.
+
+    Progress is a tqdm bar on a terminal, one line per log step otherwise, nothing when quiet.
+    """
+
+    def __init__(self, run: RunDir, total: int, start: int, quiet: bool) -> None:
+        stream = sys.stderr
+        self.file = run.metrics.open("a", encoding="utf-8")
+        self.tensorboard = _tensorboard(run.path, start)
+        self.lines = None if quiet or stream.isatty() else stream
+        self.bar = tqdm(
+            total=total,
+            initial=start,
+            file=stream,
+            disable=quiet or self.lines is not None,
+            unit="step",
+            dynamic_ncols=True,
+        )
+        self.total = total
+
+    def record(self, record: dict[str, Any]) -> None:
+        """Append ``record`` (with ``step`` and ``split``) to metrics.jsonl and TensorBoard."""
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if key not in ("step", "split") and isinstance(value, int | float):
+                    self.tensorboard.add_scalar(f"{record['split']}/{key}", value, record["step"])
+
+    def train(self, record: dict[str, Any]) -> None:
+        """Log a training record and show it in the progress."""
+        self.record(record)
+        shown = {"loss": f"{record['meta_loss']:.4f}"}
+        if "query_accuracy" in record:
+            shown["acc"] = f"{record['query_accuracy']:.3f}"
+        shown["tasks/s"] = f"{record['tasks_per_sec']:.1f}"
+        self.bar.set_postfix(shown, refresh=False)
+        self.say(f"step {record['step']}/{self.total} " + " ".join(map(" ".join, shown.items())))
+
+    def say(self, message: str) -> None:
+        """A line of progress when stderr is no terminal (there the bar shows progress)."""
+        if self.lines is not None:
+            print(message, file=self.lines, flush=True)
+
+    def note(self, message: str) -> None:
+        """A message worth keeping on screen (validation results)."""
+        if self.bar.disable:
+            self.say(message)
+        else:
+            self.bar.write(message, file=self.bar.fp)
+
+    def close(self) -> None:
+        """Flush and close everything."""
+        self.bar.close()
+        self.file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+
+
+def _tensorboard(path: Path, start: int) -> Any:
+    """A TensorBoard SummaryWriter on ``path``, or None when tensorboard is not installed."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(path), purge_step=start or None)
+
+
+class Trainer:
+    """The state of one run: config, model parameters, optimizer, samplers and step.
+
+    Use :func:`train`; this class exists so that the steps of the loop are small methods.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        run: RunDir,
+        source: DataSource,
+        device: torch.device | str = "cpu",
+        world: World | None = None,
+    ) -> None:
+        self.config = config
+        self.run = run
+        self.source = source
+        self.device = torch.device(device)
+        self.world = world or World()
+        self.problem: Problem = build_problem(config)
+        self.problem.model.to(self.device)
+        self.params = dict(self.problem.model.named_parameters())
+        self.optimizer = _outer_optimizer(config, list(self.params.values()))
+        self.gradient_fn = make_gradient_fn(config, self.problem)
+        self.adaptation = Adaptation.of(config)
+        train, val = config.data.train_split, config.data.val_split
+        self.sampler = build_sampler(config, train, source, config.train.seed, self.device)
+        self.val_sampler = (
+            build_sampler(config, val, source, config.train.seed, self.device)
+            if config.train.val_every
+            else None
+        )
+        self.step = 0
+        self.saved_step: int | None = None
+        self.best: tuple[int, float] | None = None
+
+    # -- state -------------------------------------------------------------------------------
+
+    def state(self, kind: str = "last") -> dict[str, Any]:
+        """A checkpoint (tensors and plain data only): ``"last"`` to resume, ``"best"`` to keep
+        the parameters alone."""
+        state = {
+            "kind": kind,
+            "imaml_version": imaml.__version__,
+            "config": self.config.to_json(),
+            "step": self.step,
+            "params": _detached(self.params),
+            "best": None if self.best is None else {"step": self.best[0], "value": self.best[1]},
+        }
+        if kind == "last":
+            state["optimizer"] = self.optimizer.state_dict()
+            state["rng"] = {"torch": torch.get_rng_state()}
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint of :meth:`state`."""
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(state["params"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"])
+        self.step = self.saved_step = state["step"]
+        best = state["best"]
+        self.best = None if best is None else (best["step"], best["value"])
+
+    def save(self) -> None:
+        """Write checkpoint.pt atomically."""
+        if self.world.is_main:
+            checkpoint.save(self.state(), self.run.checkpoint)
+        self.saved_step = self.step
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def meta_step(self) -> tuple[Tensor, dict[str, Tensor]]:
+        """Sample this step's tasks, compute, average and apply the meta-gradient."""
+        cfg = self.config.train
+        tasks = sample_shard(self.sampler, self.world, cfg.meta_batch, self.step)
+        grads, info = self.gradient_fn(self.params, tasks)
+        grads = self.world.mean(grads)  # the all-reduce across processes; identity for one
+        meta_loss = info.get("query_loss", info["support_loss"]).mean()
+        if not all_finite(meta_loss, grads):
+            raise Diverged(self.step + 1, self.saved_step, self.run.checkpoint)
+        with _sigint_deferred():
+            apply_gradients(self.optimizer, self.params, grads)
+            self.step += 1
+        return meta_loss, info
+
+    def validate(self, log: _Log) -> None:
+        """Evaluate on the validation split; keep best.pt when the metric improves."""
+        assert self.val_sampler is not None
+        cfg = self.config.train
+        result = evaluate(
+            self.problem,
+            _detached(self.params),
+            self.val_sampler,
+            self.adaptation,
+            tasks=cfg.val_tasks,
+            batch=self.config.eval.batch,
+        )
+        sign = 1 if self.problem.higher_is_better else -1
+        improved = self.best is None or sign * result.mean > sign * self.best[1]
+        if improved:
+            self.best = (self.step, result.mean)
+            if self.world.is_main:
+                checkpoint.save(self.state("best"), self.run.best)
+        log.record({"step": self.step, "split": "val", **result.to_dict(), "best": improved})
+        log.note(f"step {self.step}: validation {result}" + (" (best)" if improved else ""))
+
+    def fit(self, log: _Log) -> None:
+        """Run meta-steps up to ``train.meta_steps``, logging, validating and checkpointing."""
+        cfg = self.config.train
+        window = _Window()
+        while self.step < cfg.meta_steps:
+            start = time.perf_counter()
+            meta_loss, info = self.meta_step()
+            window.add(meta_loss, info, time.perf_counter() - start)
+            log.bar.update(1)
+            last = self.step == cfg.meta_steps
+            if self.step % cfg.log_every == 0 or last:
+                log.train({"step": self.step, "split": "train", **window.flush(cfg.meta_batch)})
+            if cfg.val_every and (self.step % cfg.val_every == 0 or last):
+                self.validate(log)
+            if self.step % cfg.checkpoint_every == 0 or last:
+                self.save()
+
+    def test(self, log: _Log) -> tuple[EvalResult, EvalResult]:
+        """``eval.at_end``: the test metric of the meta-learned and of the initial parameters."""
+        cfg = self.config.eval
+        sampler = build_sampler(self.config, cfg.split, self.source, EVAL_SEED, self.device)
+        initial = dict(build_problem(self.config).model.to(self.device).named_parameters())
+        results = []
+        for name, params in (("meta-learned", self.params), ("initial", initial)):
+            result = evaluate(
+                self.problem,
+                _detached(params),
+                sampler,
+                self.adaptation,
+                tasks=cfg.tasks,
+                batch=cfg.batch,
+            )
+            log.record({"step": self.step, "split": cfg.split, "params": name, **result.to_dict()})
+            results.append(result)
+        return results[0], results[1]
+
+
+def _detached(params: dict[str, Tensor]) -> Params:
+    return {k: v.detach() for k, v in params.items()}
+
+
+def _outer_optimizer(config: Config, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    if config.train.outer_optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.train.outer_lr)
+    return torch.optim.Adam(params, lr=config.train.outer_lr)
+
+
+def train(
+    config: Config,
+    run_dir: str | Path,
+    source: DataSource,
+    *,
+    resume: bool = False,
+    quiet: bool = False,
+    device: torch.device | str = "cpu",
+) -> TrainResult:
+    """Meta-train as ``config`` says, writing everything to ``run_dir``.
+
+    With ``resume``, continue from ``run_dir/checkpoint.pt`` (pass the config returned by
+    :func:`resume_config`); the parameters after N steps equal those of an uninterrupted run.
+
+    Raises:
+        TrainingError: the run directory conflicts with ``resume`` (:class:`Diverged`: a
+            non-finite meta-loss; the last checkpoint is kept).
+        Interrupted: Ctrl-C; the state was saved first, so the run can be resumed.
+        DatasetError, ConfigError: the data set is missing or does not fit the config.
+    """
+    run = RunDir(Path(run_dir))
+    if resume and not run.checkpoint.is_file():
+        raise TrainingError(f"nothing to resume: {run.checkpoint} does not exist")
+    if not resume and run.checkpoint.is_file():
+        raise TrainingError(
+            f"{run.path} already holds a run; pass --resume to continue it, or another --run-dir"
+        )
+    trainer = Trainer(config, run, source, device)
+    if resume:
+        trainer.load_state(checkpoint.load(run.checkpoint))
+        run.truncate_metrics(trainer.step)
+    run.path.mkdir(parents=True, exist_ok=True)
+    run.config.write_text(config.to_toml(), encoding="utf-8")
+    log = _Log(run, config.train.meta_steps, trainer.step, quiet)
+    try:
+        try:
+            trainer.fit(log)
+        except KeyboardInterrupt:
+            trainer.save()
+            raise Interrupted(trainer.step, run.checkpoint) from None
+        final = baseline = None
+        if config.eval.at_end:
+            final, baseline = trainer.test(log)
+    finally:
+        log.close()
+    return TrainResult(run, trainer.step, trainer.best, final, baseline)
+
+
+def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """The config of the run in ``run_dir`` (from its checkpoint), with overrides applied."""
+    run = RunDir(Path(run_dir))
+    if not run.checkpoint.is_file():
+        raise TrainingError(f"nothing to resume: {run.checkpoint} does not exist")
+    return checkpoint_config(checkpoint.load(run.checkpoint), overrides)

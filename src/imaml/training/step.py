@@ -1,0 +1,91 @@
+"""One meta-step, split into parts that data-parallel training reuses.
+
+1. :func:`sample_shard`: this process's share of meta-step ``k``'s global meta-batch, a pure
+   function of (seed, k, rank);
+2. a :data:`GradientFn` (:func:`make_gradient_fn`): the meta-gradient of those tasks;
+3. :meth:`imaml.distributed.World.mean`: the mean over processes (identity for one process);
+4. :func:`apply_gradients`: a ``torch.optim`` step with the gradients.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+import imaml
+from imaml.config import Config
+from imaml.data import TaskBatch, TaskSampler
+from imaml.distributed import World
+from imaml.training.components import Problem, build_inner, build_solver
+from imaml.tree import Params
+
+GradientFn = Callable[[Params, TaskBatch], tuple[Params, dict[str, Tensor]]]
+"""``(params, tasks) -> (grads, info)``: a meta-gradient (mean over the tasks, shaped like
+params) and (B,) diagnostics per task, as :func:`imaml.meta_gradient` returns."""
+
+
+def make_gradient_fn(config: Config, problem: Problem) -> GradientFn:
+    """The meta-gradient of the config's ``algorithm`` for a batch of tasks.
+
+    imaml: :func:`imaml.meta_gradient`; maml / fomaml: :func:`imaml.maml_gradient`;
+    reptile: :func:`imaml.reptile_gradient` (θ − φ, adapted on the support set).
+    """
+    inner = build_inner(config.inner)
+    common = {
+        "inner": inner,
+        "has_aux": problem.has_aux,
+        "chunk_size": config.train.chunk_size or None,
+    }
+    loss_fn = problem.loss_fn
+    algorithm = config.algorithm
+    if algorithm == "imaml":
+        lam, solver = config.imaml.lam, build_solver(config)
+
+        def imaml_fn(params: Params, tasks: TaskBatch) -> tuple[Params, dict[str, Tensor]]:
+            support, query = (tasks.xs, tasks.ys), (tasks.xq, tasks.yq)
+            return imaml.meta_gradient(
+                loss_fn, params, support, query, lam=lam, solver=solver, **common
+            )
+
+        return imaml_fn
+    if algorithm in ("maml", "fomaml"):
+        first_order = algorithm == "fomaml"
+
+        def maml_fn(params: Params, tasks: TaskBatch) -> tuple[Params, dict[str, Tensor]]:
+            support, query = (tasks.xs, tasks.ys), (tasks.xq, tasks.yq)
+            return imaml.maml_gradient(
+                loss_fn, params, support, query, first_order=first_order, **common
+            )
+
+        return maml_fn
+
+    def reptile_fn(params: Params, tasks: TaskBatch) -> tuple[Params, dict[str, Tensor]]:
+        return imaml.reptile_gradient(loss_fn, params, (tasks.xs, tasks.ys), **common)
+
+    return reptile_fn
+
+
+def sample_shard(sampler: TaskSampler, world: World, meta_batch: int, step: int) -> TaskBatch:
+    """This process's tasks of meta-step ``step``: its slice of the global meta-batch.
+
+    The global meta-batch of step k is tasks ``k·meta_batch … (k+1)·meta_batch − 1`` of the
+    sampler, a pure function of (seed, k) whatever the number of processes.
+    """
+    return sampler.sample(meta_batch, step=step, rank=world.rank, world_size=world.size)
+
+
+def all_finite(loss: Tensor, grads: Params) -> bool:
+    """Whether ``loss`` and every gradient entry are finite (one host synchronization)."""
+    flags = [torch.isfinite(loss).all(), *(torch.isfinite(g).all() for g in grads.values())]
+    return bool(torch.stack(flags).all())
+
+
+def apply_gradients(
+    optimizer: torch.optim.Optimizer, params: dict[str, torch.nn.Parameter], grads: Params
+) -> None:
+    """Set each parameter's ``.grad`` to ``grads[name]`` and take one optimizer step."""
+    for name, p in params.items():
+        p.grad = grads[name]
+    optimizer.step()

@@ -1,0 +1,140 @@
+"""Configs: the schema, ``--set`` overrides, error messages, and every bundled config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from imaml.config import (
+    Config,
+    ConfigError,
+    bundled_config_text,
+    bundled_configs,
+    from_dict,
+    load_config,
+    parse_config,
+    parse_override,
+    tomllib,
+)
+from imaml.models import num_parameters
+from imaml.training import build_problem
+
+BUNDLED = [
+    "omniglot-5w1s", "omniglot-5w5s", "omniglot-20w1s", "omniglot-20w5s",
+    "omniglot-5w1s-hf", "omniglot-5w5s-hf", "omniglot-20w1s-hf", "omniglot-20w5s-hf",
+    "miniimagenet-5w1s", "sinusoid",
+]  # fmt: skip
+
+
+def test_the_bundled_configs_are_the_papers_settings() -> None:
+    assert sorted(bundled_configs()) == sorted(BUNDLED)
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_config_parses_and_builds_its_model(name: str) -> None:
+    raw = tomllib.loads(bundled_config_text(name))
+    # Outside checks rely on these three keys being spelled out in every file.
+    assert {"meta_steps", "meta_batch", "seed"} <= set(raw["train"])
+    _, config = load_config(name)
+    assert config.description
+    problem = build_problem(config)
+    assert num_parameters(problem.model) > 0
+    # The resolved config survives a round trip through the run directory's config.toml.
+    assert parse_config(config.to_toml()) == config
+
+
+@pytest.mark.parametrize("name", [n for n in BUNDLED if n.startswith("omniglot")])
+def test_omniglot_configs_follow_table_2(name: str) -> None:
+    _, config = load_config(name)
+    assert (config.algorithm, config.imaml.lam, config.imaml.solver_iters) == ("imaml", 2.0, 5)
+    assert (config.train.outer_optimizer, config.train.outer_lr) == ("adam", 1e-3)
+    assert config.train.meta_batch == 32
+    if name.endswith("-hf"):
+        assert (config.inner.optimizer, config.inner.cg_iters) == ("hf", 5)
+    else:
+        assert config.inner.optimizer == "gd" and config.inner.lr == 0.1
+        assert config.inner.steps == (16 if config.data.ways == 5 else 25)
+    if config.data.ways == 5:
+        assert num_parameters(build_problem(config).model) == 113_221
+
+
+def test_overrides_take_the_fields_type() -> None:
+    assert parse_override("train.meta_steps=100") == ("train.meta_steps", 100)
+    assert parse_override("train.outer_lr=1e-2") == ("train.outer_lr", 0.01)
+    assert parse_override("inner.lr=1") == ("inner.lr", 1.0)  # an int is a fine float
+    assert parse_override("algorithm=maml") == ("algorithm", "maml")  # bare word: a string
+    assert parse_override('algorithm="reptile"') == ("algorithm", "reptile")
+    assert parse_override("data.rotations=false") == ("data.rotations", False)
+    assert parse_override("model.hidden=[8, 8]") == ("model.hidden", [8, 8])
+    _, config = load_config("sinusoid", ["train.meta_steps=7", "imaml.solver=neumann"])
+    assert config.train.meta_steps == 7 and config.imaml.solver == "neumann"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.meta_step=5", "unknown config key 'train.meta_step'; valid keys here: "),
+        ("trian.meta_steps=5", "unknown config key 'trian.meta_steps'"),
+        ("train.meta_steps=abc", "train.meta_steps must be an integer, got 'abc'"),
+        ("train.meta_steps=1.5", "train.meta_steps must be an integer, got 1.5"),
+        ("train.meta_steps=true", "train.meta_steps must be an integer"),
+        ("inner.lr=fast", "inner.lr must be a number"),
+        ("algorithm=sgd", "algorithm must be one of 'imaml', 'maml', 'fomaml', 'reptile'"),
+        ("data.rotations=1", "data.rotations must be a boolean"),
+        ("model.hidden=[4, 'x']", "model.hidden[1] must be an integer"),
+        ("train=5", "train is a table"),
+        ("train.seed.x=5", "train.seed is not a table"),
+        ("train.meta_steps", "--set expects KEY=VALUE"),
+    ],
+)
+def test_bad_overrides_say_what_is_wrong(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_config("sinusoid", [override])
+
+
+def test_unknown_key_lists_the_valid_ones() -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config("[train]\nmeta_step = 5\n", source="my.toml")
+    assert str(err.value).startswith("my.toml: unknown config key 'train.meta_step'")
+    assert "train.meta_steps" in str(err.value) and "train.meta_batch" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"train": {"meta_batch": 0}}, "train.meta_batch must be > 0"),
+        ({"inner": {"lr": -0.1}}, "inner.lr must be > 0"),
+        ({"imaml": {"lam": 0.0}}, "imaml.lam must be > 0 for algorithm 'imaml'"),
+        ({"train": 3}, "train must be a table"),
+        ({"model": {"name": "mlp"}}, "model.name 'mlp' needs data.dataset 'sinusoid'"),
+        ({"data": {"dataset": "miniimagenet", "train_split": "trainval"}}, "no 'trainval'"),
+    ],
+)
+def test_invalid_values_are_rejected(values: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        from_dict(values)
+
+
+def test_maml_may_have_no_proximal_term() -> None:
+    assert from_dict({"algorithm": "maml", "imaml": {"lam": 0.0}}).imaml.lam == 0.0
+
+
+def test_a_file_states_only_what_it_changes(tmp_path: Path) -> None:
+    path = tmp_path / "mine.toml"
+    path.write_text('algorithm = "fomaml"\n[train]\nmeta_steps = 3\n')
+    name, config = load_config(str(path), ["train.seed=4"])
+    assert name == "mine"
+    assert config == from_dict({"algorithm": "fomaml", "train": {"meta_steps": 3, "seed": 4}})
+    assert config.data == Config().data
+
+
+def test_missing_and_malformed_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"no bundled config named 'nope'.*sinusoid"):
+        load_config("nope")
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(str(tmp_path / "absent.toml"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml is not valid TOML"):
+        load_config(str(bad))

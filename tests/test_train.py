@@ -1,0 +1,247 @@
+"""The training loop as a library: run directory, resume, divergence, Ctrl-C, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import imaml
+from imaml import checkpoint
+from imaml.config import Config, load_config
+from imaml.distributed import World
+from imaml.training import (
+    Adaptation,
+    DataSource,
+    Diverged,
+    Interrupted,
+    TrainingError,
+    build_problem,
+    build_sampler,
+    evaluate,
+    make_gradient_fn,
+    resume_config,
+    sample_shard,
+    train,
+)
+from imaml.training import loop as loop_module
+
+TINY = [
+    "train.meta_steps=6",
+    "train.meta_batch=4",
+    "inner.steps=2",
+    "train.log_every=2",
+    "train.val_every=3",
+    "train.val_tasks=4",
+    "train.checkpoint_every=2",
+    "eval.tasks=8",
+    "eval.batch=4",
+]
+SOURCE = DataSource(Path("unused"))  # sinusoid tasks need no files
+
+
+def tiny(*overrides: str) -> Config:
+    return load_config("sinusoid", [*TINY, *overrides])[1]
+
+
+def assert_same_state(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """Bit-for-bit equal parameters and optimizer state."""
+    assert a["step"] == b["step"]
+    assert a["params"].keys() == b["params"].keys()
+    for k in a["params"]:
+        assert torch.equal(a["params"][k], b["params"][k]), k
+    for i, sa in a["optimizer"]["state"].items():
+        for k, v in sa.items():
+            assert torch.equal(v, b["optimizer"]["state"][i][k]), (i, k)
+
+
+def logged(run: Path) -> list[tuple[int, str, float | None]]:
+    """(step, split, validation/test metric) of each metrics.jsonl record."""
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [(r["step"], r["split"], r.get("mse")) for r in map(json.loads, lines)]
+
+
+def test_a_run_directory_holds_config_metrics_and_checkpoints(tmp_path: Path) -> None:
+    config = tiny()
+    result = train(config, tmp_path / "run", SOURCE, quiet=True)
+    run = tmp_path / "run"
+    assert load_config(str(run / "config.toml"))[1] == config
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if r["split"] == "train"]
+    assert [r["step"] for r in train_records] == [2, 4, 6]
+    assert {"meta_loss", "query_loss", "support_loss", "inner_grad_norm", "solver_residual"} <= set(
+        train_records[0]
+    )
+    assert all(r["tasks_per_sec"] > 0 and r["sec_per_step"] > 0 for r in train_records)
+    assert [r["step"] for r in records if r["split"] == "val"] == [3, 6]
+    assert [r["params"] for r in records if r["split"] == "test"] == ["meta-learned", "initial"]
+    # Plain torch.load with weights_only=True reads everything back.
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert state["step"] == 6 and json.loads(state["config"])["train"]["meta_steps"] == 6
+    assert set(state) >= {"params", "optimizer", "rng", "config", "step"}
+    best = torch.load(run / "best.pt", weights_only=True)
+    assert best["kind"] == "best" and best["step"] == result.best[0]
+    assert result.steps == 6 and result.final.tasks == 8 and result.baseline.tasks == 8
+    assert result.final.metric == "mse" and math.isfinite(result.final.mean)
+
+
+def test_interrupt_saves_and_resume_equals_an_uninterrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    train(tiny(), tmp_path / "straight", SOURCE, quiet=True)
+
+    real = loop_module.make_gradient_fn
+
+    def interrupted_at_step_4(config: Config, problem: Any) -> Any:
+        fn, calls = real(config, problem), []
+
+        def wrapped(params: Any, tasks: Any) -> Any:
+            calls.append(1)
+            if len(calls) == 4:
+                raise KeyboardInterrupt
+            return fn(params, tasks)
+
+        return wrapped
+
+    monkeypatch.setattr(loop_module, "make_gradient_fn", interrupted_at_step_4)
+    with pytest.raises(Interrupted) as err:
+        train(tiny(), tmp_path / "resumed", SOURCE, quiet=True)
+    assert err.value.step == 3
+    assert checkpoint.load(tmp_path / "resumed" / "checkpoint.pt")["step"] == 3
+    monkeypatch.setattr(loop_module, "make_gradient_fn", real)
+
+    train(
+        resume_config(tmp_path / "resumed"), tmp_path / "resumed", SOURCE, resume=True, quiet=True
+    )
+    assert_same_state(
+        checkpoint.load(tmp_path / "straight" / "checkpoint.pt"),
+        checkpoint.load(tmp_path / "resumed" / "checkpoint.pt"),
+    )
+    # The log of the resumed run has the records of an uninterrupted one, none twice.
+    assert logged(tmp_path / "straight") == logged(tmp_path / "resumed")
+
+
+def test_resume_can_extend_a_finished_run(tmp_path: Path) -> None:
+    train(tiny(), tmp_path / "long", SOURCE, quiet=True)
+    train(tiny("train.meta_steps=4"), tmp_path / "short", SOURCE, quiet=True)
+    config = resume_config(tmp_path / "short", ["train.meta_steps=6"])
+    train(config, tmp_path / "short", SOURCE, resume=True, quiet=True)
+    assert_same_state(
+        checkpoint.load(tmp_path / "long" / "checkpoint.pt"),
+        checkpoint.load(tmp_path / "short" / "checkpoint.pt"),
+    )
+
+
+def test_a_nan_meta_loss_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = loop_module.make_gradient_fn
+
+    def nan_at_step_5(config: Config, problem: Any) -> Any:
+        fn, calls = real(config, problem), []
+
+        def wrapped(params: Any, tasks: Any) -> Any:
+            calls.append(1)
+            grads, info = fn(params, tasks)
+            if len(calls) == 5:
+                info = {**info, "query_loss": info["query_loss"] * math.nan}
+            return grads, info
+
+        return wrapped
+
+    monkeypatch.setattr(loop_module, "make_gradient_fn", nan_at_step_5)
+    with pytest.raises(Diverged, match=r"not finite \(NaN/inf\) at step 5;.*checkpoint \(step 4\)"):
+        train(tiny(), tmp_path / "run", SOURCE, quiet=True)
+    state = checkpoint.load(tmp_path / "run" / "checkpoint.pt")
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["params"].values())
+
+
+def test_a_run_directory_is_never_overwritten(tmp_path: Path) -> None:
+    with pytest.raises(TrainingError, match="nothing to resume"):
+        train(tiny(), tmp_path / "run", SOURCE, resume=True, quiet=True)
+    train(tiny("train.meta_steps=2"), tmp_path / "run", SOURCE, quiet=True)
+    with pytest.raises(TrainingError, match="already holds a run; pass --resume"):
+        train(tiny(), tmp_path / "run", SOURCE, quiet=True)
+
+
+def test_checkpoint_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "checkpoint.pt"
+    checkpoint.save({"step": 1, "params": {"w": torch.ones(3)}}, path)
+
+    def crash(obj: Any, f: Any) -> None:
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save({"step": 2, "params": {"w": torch.zeros(3)}}, path)
+    state = checkpoint.load(path)
+    assert state["step"] == 1 and torch.equal(state["params"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary left
+
+
+def test_checkpoint_load_rejects_foreign_files(tmp_path: Path) -> None:
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(checkpoint.CheckpointError, match="cannot read"):
+        checkpoint.load(tmp_path / "junk.pt")
+    torch.save({"params": {}}, tmp_path / "other.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="not an imaml checkpoint"):
+        checkpoint.load(tmp_path / "other.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint at"):
+        checkpoint.load(tmp_path / "absent.pt")
+
+
+@pytest.mark.parametrize("algorithm", ["imaml", "maml", "fomaml", "reptile"])
+def test_every_algorithm_trains(tmp_path: Path, algorithm: str) -> None:
+    config = tiny(f"algorithm={algorithm}", "train.meta_steps=2", "train.val_every=0")
+    train(config, tmp_path / "run", SOURCE, quiet=True)
+    initial = dict(build_problem(config).model.named_parameters())
+    params = checkpoint.load(tmp_path / "run" / "checkpoint.pt")["params"]
+    assert any(not torch.equal(params[k], initial[k]) for k in params)
+
+
+def test_shards_of_a_meta_batch_average_to_its_gradient() -> None:
+    """What data-parallel training relies on: the mean of per-rank gradients is the gradient."""
+    config = tiny("train.meta_batch=6")
+    problem = build_problem(config)
+    params = dict(problem.model.named_parameters())
+    sampler = build_sampler(config, "train", SOURCE, seed=0)
+    gradient = make_gradient_fn(config, problem)
+    full, _ = gradient(params, sample_shard(sampler, World(), 6, step=3))
+    shards = [gradient(params, sample_shard(sampler, World(r, 2), 6, step=3))[0] for r in range(2)]
+    for k in full:
+        torch.testing.assert_close(full[k], (shards[0][k] + shards[1][k]) / 2)
+
+
+def test_batched_evaluation_equals_one_task_at_a_time() -> None:
+    config = tiny("eval.inner_steps=3")
+    problem = build_problem(config)
+    params = {k: v.detach() for k, v in problem.model.named_parameters()}
+    sampler = build_sampler(config, "test", SOURCE, seed=0)
+    adaptation = Adaptation.of(config)
+    assert adaptation.inner == imaml.inner.GD(3, config.inner.lr)
+    result = evaluate(problem, params, sampler, adaptation, tasks=5, batch=2)
+    mses = []
+    for i in range(5):
+        t = sampler.sample_tasks([i])
+        phi = imaml.adapt(
+            problem.loss_fn, params, (t.xs, t.ys), lam=config.imaml.lam, inner=adaptation.inner
+        )
+        mses.append(problem.loss_fn({k: v[0] for k, v in phi.items()}, t.xq[0], t.yq[0]))
+    mses = torch.stack(mses).double()
+    assert result.tasks == 5 and result.metric == "mse"
+    assert result.mean == pytest.approx(mses.mean().item(), rel=1e-5)
+    assert result.ci95 == pytest.approx(1.96 * mses.std(correction=0).item() / math.sqrt(5))
+
+
+def test_held_out_sinusoid_tasks_differ_from_training_tasks() -> None:
+    config = tiny()
+    train_tasks = build_sampler(config, "train", SOURCE, seed=0).sample_tasks(range(4))
+    for split in ("val", "test"):
+        held_out = build_sampler(config, split, SOURCE, seed=0).sample_tasks(range(4))
+        assert not torch.equal(train_tasks.xs, held_out.xs)
