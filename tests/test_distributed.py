@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -79,3 +81,54 @@ def test_uneven_meta_batch_is_a_clear_error():
 def test_single_process_mean_is_the_identity():
     values = {"a": torch.ones(2)}
     assert World().mean(values) is values
+
+
+SMALL_RUN = [
+    "--set", "train.meta_steps=3", "--set", "train.meta_batch=4", "--set", "train.val_every=0",
+    "--set", "train.log_every=1", "--set", "eval.at_end=false", "--set", "inner.steps=3",
+]  # fmt: skip
+
+
+def run_imaml(args: list[str], tmp_path, launcher: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    return subprocess.run(
+        [sys.executable, *launcher, "-m", "imaml", "train", "sinusoid", "--quiet", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+
+
+def test_torchrun_two_processes_take_the_steps_of_one(tmp_path):
+    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    one = run_imaml([*SMALL_RUN, "--run-dir", str(tmp_path / "one")], tmp_path, [])
+    assert one.returncode == 0, one.stderr
+    two = run_imaml([*SMALL_RUN, "--run-dir", str(tmp_path / "two")], tmp_path, torchrun)
+    assert two.returncode == 0, two.stderr
+    a = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == 3
+    for name, value in a["params"].items():
+        torch.testing.assert_close(b["params"][name], value, rtol=0, atol=1e-5)
+        assert not torch.equal(value, make_start_params()[name])
+    # Only rank 0 logs: one record per step, not two.
+    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3
+
+
+def make_start_params() -> dict[str, torch.Tensor]:
+    from imaml.config import load_config
+    from imaml.training.components import build_problem
+
+    _, config = load_config("sinusoid", [])
+    return {k: v.detach() for k, v in build_problem(config).model.named_parameters()}
+
+
+def test_meta_batch_that_does_not_split_is_a_clear_error(tmp_path):
+    torchrun = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    args = [*SMALL_RUN, "--set", "train.meta_batch=5", "--run-dir", str(tmp_path / "odd")]
+    out = run_imaml(args, tmp_path, torchrun)
+    assert out.returncode != 0
+    assert "multiple of 2" in out.stderr
+    assert not (tmp_path / "odd" / "checkpoint.pt").exists()

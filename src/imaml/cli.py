@@ -19,6 +19,7 @@ import torch
 from imaml.checkpoint import CheckpointError
 from imaml.config import Config, ConfigError, bundled_config_text, bundled_configs, load_config
 from imaml.data import DatasetError
+from imaml.distributed import device_for, init_world, shutdown
 from imaml.plot import PlotError, plot_run
 from imaml.training import (
     EVAL_SEED,
@@ -67,7 +68,12 @@ def _add_machine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--download", action="store_true", help="download a missing data set (Omniglot only)"
     )
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        help="torch device: auto (cuda:LOCAL_RANK if CUDA is available, else cpu), cpu, cuda, "
+        "... (default: auto)",
+    )
     parser.add_argument(
         "--threads", type=int, metavar="N", help="CPU threads for torch (default: torch's)"
     )
@@ -158,7 +164,7 @@ def _train(args: argparse.Namespace) -> int:
         name, config = load_config(args.config or DEFAULT_CONFIG, args.overrides)
         run_dir = args.run_dir or _new_run_dir(name)
     cfg = config.train
-    if not args.quiet:
+    if not args.quiet and int(os.environ.get("RANK", "0")) == 0:
         verb = "resuming" if args.resume else "training"
         print(
             f"imaml: {verb} {name} ({config.algorithm}, {cfg.meta_steps} meta-steps of "
@@ -166,10 +172,22 @@ def _train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     start = time.perf_counter()
-    result = train(
-        config, run_dir, _source(args), resume=args.resume, quiet=args.quiet, device=args.device
-    )
-    _print_summary(config, result, time.perf_counter() - start)
+    device = device_for(args.device)
+    world = init_world(device)
+    try:
+        result = train(
+            config,
+            run_dir,
+            _source(args),
+            resume=args.resume,
+            quiet=args.quiet,
+            device=device,
+            world=world,
+        )
+    finally:
+        shutdown(world)
+    if world.is_main:
+        _print_summary(config, result, time.perf_counter() - start)
     return 0
 
 
@@ -190,7 +208,7 @@ def _eval(args: argparse.Namespace) -> int:
     """Meta-test a checkpoint on held-out tasks: mean accuracy (MSE) ± 95% CI."""
     out = evaluate_checkpoint(
         args.path, _source(args), split=args.split, tasks=args.tasks, seed=args.seed,
-        device=args.device,
+        device=device_for(args.device),
     )  # fmt: skip
     r = out.result
     if args.json:

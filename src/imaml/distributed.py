@@ -75,12 +75,13 @@ class World:
                 dist.broadcast(t, src=0)
 
 
-def device_for(world: World, requested: str = "auto") -> torch.device:
-    """The device this rank computes on: ``cuda:LOCAL_RANK`` when CUDA is there (or asked for)."""
+def device_for(requested: str = "auto") -> torch.device:
+    """The device to compute on: ``cuda:LOCAL_RANK`` for ``"auto"`` (when CUDA is available)
+    and for ``"cuda"``, so that each process of a node takes its own GPU; else as given."""
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda":
-        return torch.device("cuda", world.local_rank)
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device(requested)
 
 

@@ -118,10 +118,10 @@ class _Log:
     Progress is a tqdm bar on a terminal, one line per log step otherwise, nothing when quiet.
     """
 
-    def __init__(self, run: RunDir, total: int, start: int, quiet: bool) -> None:
+    def __init__(self, run: RunDir, total: int, start: int, quiet: bool, write: bool) -> None:
         stream = sys.stderr
-        self.file = run.metrics.open("a", encoding="utf-8")
-        self.tensorboard = _tensorboard(run.path, start)
+        self.file = run.metrics.open("a", encoding="utf-8") if write else None
+        self.tensorboard = _tensorboard(run.path, start) if write else None
         self.lines = None if quiet or stream.isatty() else stream
         self.bar = tqdm(
             total=total,
@@ -134,7 +134,12 @@ class _Log:
         self.total = total
 
     def record(self, record: dict[str, Any]) -> None:
-        """Append ``record`` (with ``step`` and ``split``) to metrics.jsonl and TensorBoard."""
+        """Append ``record`` (with ``step`` and ``split``) to metrics.jsonl and TensorBoard.
+
+        A process other than rank 0 writes nothing.
+        """
+        if self.file is None:
+            return
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
         if self.tensorboard is not None:
@@ -167,7 +172,8 @@ class _Log:
     def close(self) -> None:
         """Flush and close everything."""
         self.bar.close()
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
         if self.tensorboard is not None:
             self.tensorboard.close()
 
@@ -203,6 +209,8 @@ class Trainer:
         self.problem: Problem = build_problem(config)
         self.problem.model.to(self.device)
         self.params = dict(self.problem.model.named_parameters())
+        # The same seed gives every rank the same initial parameters; make sure of it.
+        self.world.broadcast([p.detach() for p in self.params.values()])
         self.optimizer = _outer_optimizer(config, list(self.params.values()))
         self.gradient_fn = make_gradient_fn(config, self.problem)
         self.adaptation = Adaptation.of(config)
@@ -344,11 +352,15 @@ def train(
     resume: bool = False,
     quiet: bool = False,
     device: torch.device | str = "cpu",
+    world: World | None = None,
 ) -> TrainResult:
     """Meta-train as ``config`` says, writing everything to ``run_dir``.
 
     With ``resume``, continue from ``run_dir/checkpoint.pt`` (pass the config returned by
     :func:`resume_config`); the parameters after N steps equal those of an uninterrupted run.
+    With a distributed ``world`` (see :mod:`imaml.distributed`), each rank computes its shard
+    of every meta-batch, only rank 0 writes to ``run_dir``, and every rank reads the
+    checkpoint to resume (so ``run_dir`` must be on a file system that all ranks see).
 
     Raises:
         TrainingError: the run directory conflicts with ``resume`` (:class:`Diverged`: a
@@ -356,6 +368,11 @@ def train(
         Interrupted: Ctrl-C; the state was saved first, so the run can be resumed.
         DatasetError, ConfigError: the data set is missing or does not fit the config.
     """
+    world = world or World()
+    try:
+        world.shard(config.train.meta_batch)
+    except ValueError as err:
+        raise TrainingError(str(err)) from None
     run = RunDir(Path(run_dir))
     if resume and not run.checkpoint.is_file():
         raise TrainingError(f"nothing to resume: {run.checkpoint} does not exist")
@@ -363,13 +380,17 @@ def train(
         raise TrainingError(
             f"{run.path} already holds a run; pass --resume to continue it, or another --run-dir"
         )
-    trainer = Trainer(config, run, source, device)
+    trainer = Trainer(config, run, source, device, world)
     if resume:
         trainer.load_state(checkpoint.load(run.checkpoint))
-        run.truncate_metrics(trainer.step)
-    run.path.mkdir(parents=True, exist_ok=True)
-    run.config.write_text(config.to_toml(), encoding="utf-8")
-    log = _Log(run, config.train.meta_steps, trainer.step, quiet)
+    if world.is_main:
+        if resume:
+            run.truncate_metrics(trainer.step)
+        run.path.mkdir(parents=True, exist_ok=True)
+        run.config.write_text(config.to_toml(), encoding="utf-8")
+    log = _Log(
+        run, config.train.meta_steps, trainer.step, quiet or not world.is_main, world.is_main
+    )
     try:
         try:
             trainer.fit(log)
