@@ -8,12 +8,12 @@ either the previous checkpoint or the new one, never a torn file.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from imaml._atomic import write_atomic
 
 FORMAT = "imaml-checkpoint-1"
 """The ``format`` entry of every checkpoint this version writes."""
@@ -25,32 +25,7 @@ class CheckpointError(Exception):
 
 def save(state: dict[str, Any], path: str | Path) -> None:
     """Atomically write ``state`` (plus ``format``) to ``path`` with :func:`torch.save`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({**state, "format": FORMAT}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    write_atomic(Path(path), lambda f: torch.save({**state, "format": FORMAT}, f))
 
 
 def load(path: str | Path) -> dict[str, Any]:

@@ -10,14 +10,15 @@ import hashlib
 import http.client
 import json
 import os
-import tempfile
 import urllib.request
 import zipfile
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, NamedTuple
 
 import numpy as np
+
+from imaml._atomic import write_atomic
 
 #: Bump when the content or layout of cache files changes, so that old caches are never reused.
 CACHE_VERSION = 1
@@ -75,25 +76,6 @@ def cache_key(**fields: object) -> str:
     """Return a 16-hex-digit digest of ``fields`` (JSON-serializable) and :data:`CACHE_VERSION`."""
     text = json.dumps({"cache_version": CACHE_VERSION, **fields}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Create ``path`` by calling ``write`` on a temporary file beside it, then renaming it.
-
-    Readers never see a half-written file: either the old file (or none) or the complete new one.
-    The temporary file is removed if ``write`` raises.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
