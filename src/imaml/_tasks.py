@@ -117,6 +117,29 @@ def map_tasks(
     return vmap(fn, in_dims=in_dims, chunk_size=chunk_size)(theta, *splits)
 
 
+CPU_CHUNK_ELEMENTS = 2**18
+"""Input elements (all tensors of a split, summed over tasks) per vmap chunk on the CPU."""
+
+
+def cache_chunk(split: Batch, chunk_size: int | None) -> int | None:
+    """The vmap chunk size for a pass over ``split``: ``chunk_size``, made smaller on the CPU.
+
+    On the CPU, a pass over all tasks' query sets at once makes activations of hundreds of
+    MB whose batched convolutions and normalizations are memory-bound; chunks of tasks with
+    at most :data:`CPU_CHUNK_ELEMENTS` input elements keep them in cache (conv4 Omniglot,
+    75 query images a task: 4 tasks a chunk, a query pass 1.4-1.8x faster on 2 cores).
+    Small inputs (e.g. sinusoid regression) stay in one chunk, where per-chunk overhead
+    would dominate. Other devices keep ``chunk_size``.
+    """
+    if split[0].device.type != "cpu":
+        return chunk_size
+    per_task = sum(t[0].numel() for t in split)
+    fit = max(1, CPU_CHUNK_ELEMENTS // max(per_task, 1))
+    if fit >= split[0].shape[0]:
+        return chunk_size
+    return fit if chunk_size is None else min(fit, chunk_size)
+
+
 def task_mean(per_task: Params) -> Params:
     """Average a tree with a leading task dimension over that dimension."""
     return {k: v.mean(dim=0) for k, v in per_task.items()}

@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from torch import Tensor
-from torch.func import grad_and_value
+from torch.func import grad_and_value, vmap
 
 from imaml import tree
-from imaml._tasks import check_lam, map_tasks, prepare, task_mean
+from imaml._tasks import Batch, cache_chunk, check_lam, map_tasks, prepare, task_mean
 from imaml.inner import InnerOptimizer
 from imaml.objective import Objective
 from imaml.solvers import LinearSolver
@@ -55,6 +55,8 @@ def meta_gradient(
         solver: the linear solver (:mod:`imaml.solvers`) for ``(I + H/λ) g = ∇L_q(φ*)``.
         has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
         chunk_size: process tasks in vmap chunks of this size to bound memory (None: all).
+            On the CPU the query pass takes smaller chunks by itself when the query sets
+            are large (:func:`imaml._tasks.cache_chunk`); the result does not change.
 
     Returns:
         ``(grads, info)``: ``grads`` shaped like ``params`` (the mean over tasks; the
@@ -68,28 +70,37 @@ def meta_gradient(
         loss_fn, params, has_aux, support=support, query=query
     )
 
-    def one_task(theta: Params, s: tuple[Tensor, ...], q: tuple[Tensor, ...]):
-        def train_loss(p: Params) -> Tensor:
-            return support_loss(p, *s)
+    def inner_solution(theta: Params, s: Batch) -> Params:
+        return inner(Objective(lambda p: support_loss(p, *s), theta, lam), theta)
 
-        phi = inner(Objective(train_loss, theta, lam), theta)
-        s_loss, s_grad, hess = Objective(train_loss).linearize(phi)
+    def query_gradient(phi: Params, q: Batch) -> tuple[Params, Tensor, dict[str, Tensor]]:
         q_grad, (q_loss, aux) = grad_and_value(lambda p: query_loss(p, *q), has_aux=True)(phi)
+        return q_grad, q_loss, aux
+
+    def solve(theta: Params, phi: Params, s: Batch, q_grad: Params):
+        s_loss, s_grad, hess = Objective(lambda p: support_loss(p, *s)).linearize(phi)
 
         def matvec(v: Params) -> Params:
             return tree.axpy(1.0 / lam, hess(v), v)
 
         solution = solver(matvec, q_grad)
-        info = {
-            "support_loss": s_loss,
-            "query_loss": q_loss,
-            "inner_grad_norm": tree.norm(tree.axpy(lam, tree.sub(phi, theta), s_grad)),
-            "solver_residual": solution.residual,
-            **{f"query_{k}": v for k, v in aux.items()},
-        }
-        return solution.x, info
+        inner_grad_norm = tree.norm(tree.axpy(lam, tree.sub(phi, theta), s_grad))
+        return solution.x, s_loss, inner_grad_norm, solution.residual
 
-    per_task, info = map_tasks(one_task, theta, support, query, chunk_size=chunk_size)
+    phi = map_tasks(inner_solution, theta, support, chunk_size=chunk_size)
+    q_grad, q_loss, aux = vmap(query_gradient, chunk_size=cache_chunk(query, chunk_size))(
+        phi, query
+    )
+    per_task, s_loss, inner_grad_norm, residual = vmap(
+        solve, in_dims=(None, 0, 0, 0), chunk_size=chunk_size
+    )(theta, phi, support, q_grad)
+    info = {
+        "support_loss": s_loss,
+        "query_loss": q_loss,
+        "inner_grad_norm": inner_grad_norm,
+        "solver_residual": residual,
+        **{f"query_{k}": v for k, v in aux.items()},
+    }
     return task_mean(per_task), info
 
 

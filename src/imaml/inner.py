@@ -58,8 +58,7 @@ class GD:
     def __call__(self, objective: Objective, init: Params) -> Params:
         params = init
         for _ in range(self.steps):
-            _, g = objective.value_and_grad(params)
-            params = tree.axpy(-self.lr, g, params)
+            params = tree.axpy(-self.lr, objective.grad(params), params)
         return params
 
 
@@ -84,7 +83,7 @@ class Adam:
         m = tree.zeros_like(init)
         v = tree.zeros_like(init)
         for t in range(1, self.steps + 1):
-            _, g = objective.value_and_grad(params)
+            g = objective.grad(params)
             m = tree.map_(lambda m_, g_: b1 * m_ + (1 - b1) * g_, m, g)
             v = tree.map_(lambda v_, g_: b2 * v_ + (1 - b2) * g_ * g_, v, g)
             params = tree.map_(

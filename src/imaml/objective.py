@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
-from torch.func import grad_and_value, vjp
+from torch.func import grad, grad_and_value, vjp
 
 from imaml import tree
 from imaml.tree import Params
@@ -61,9 +61,17 @@ class Objective:
         """``(f(params), ∇f(params))``; the gradient is shaped like ``params``."""
         g, value = grad_and_value(self.loss)(params)
         if self.lam > 0:
-            value = value + self._prox_value(params)
-            g = tree.axpy(self.lam, tree.sub(params, self.center), g)
+            diff = tree.sub(params, self.center)
+            value = value + 0.5 * self.lam * tree.dot(diff, diff)
+            g = tree.axpy(self.lam, diff, g)
         return value, g
+
+    def grad(self, params: Params) -> Params:
+        """``∇f(params)`` alone (skips the regularizer's value), shaped like ``params``."""
+        g = grad(self.loss)(params)
+        if self.lam > 0:
+            g = tree.axpy(self.lam, tree.sub(params, self.center), g)
+        return g
 
     def linearize(self, params: Params) -> tuple[Tensor, Params, HvpFn]:
         """``(f(φ), ∇f(φ), v ↦ ∇²f(φ)v)`` at ``φ = params``.

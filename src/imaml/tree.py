@@ -40,8 +40,10 @@ def scale(a: Params, s: Tensor | float) -> Params:
 
 
 def axpy(s: Tensor | float, x: Params, y: Params) -> Params:
-    """``s * x + y`` leafwise, for a scalar ``s``."""
-    return {k: s * x[k] + y[k] for k in x}
+    """``s * x + y`` leafwise, for a scalar ``s``, one fused kernel per leaf."""
+    if isinstance(s, Tensor):
+        return {k: torch.addcmul(y[k], s, x[k]) for k in x}
+    return {k: torch.add(y[k], x[k], alpha=s) for k in x}
 
 
 def zeros_like(a: Params) -> Params:

@@ -1,0 +1,203 @@
+"""Peak memory of one meta-gradient against the number of inner steps.
+
+Conv4 Omniglot 5-way 1-shot (15 queries per class), a meta-batch of 4 tasks, for iMAML-GD,
+iMAML-HF, MAML and first-order MAML. Each point runs in a fresh process
+(``python -m imaml.bench.memory SPEC``): on the CPU its peak resident set size
+(``getrusage``'s ``ru_maxrss``), and the same minus the process's peak before the
+meta-gradient (after imports, model and data creation); on a GPU
+``torch.cuda.max_memory_allocated`` and the same minus the memory allocated before. The
+baseline follows a warm-up on a tiny problem (see :func:`measure`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import imaml
+from imaml.bench._common import Result, conv4_problem, hardware, target
+from imaml.inner import GD, HessianFree
+from imaml.solvers import CG
+
+METHODS = ("imaml_gd", "imaml_hf", "maml", "fomaml")
+LABELS = {
+    "imaml_gd": "iMAML-GD",
+    "imaml_hf": "iMAML-HF",
+    "maml": "MAML",
+    "fomaml": "first-order MAML",
+}
+FULL = {
+    "tasks": 4,
+    "ways": 5,
+    "shots": 1,
+    "queries": 15,
+    "hidden": 64,
+    "inner_steps": [5, 10, 20, 40, 80],
+    "inner_lr": 0.1,
+    "lam": 2.0,
+    "cg_steps": 5,
+}
+QUICK = {**FULL, "tasks": 2, "queries": 2, "hidden": 8, "inner_steps": [1, 4]}
+MIB = 2**20
+
+
+def meta_gradient(method: str, steps: int, s: dict[str, Any], loss_fn, params, support, query):
+    """One meta-gradient of ``method`` with ``steps`` inner steps (the settings ``s``)."""
+    if method.startswith("imaml"):
+        inner = GD(steps, s["inner_lr"]) if method == "imaml_gd" else HessianFree(steps)
+        return imaml.meta_gradient(
+            loss_fn,
+            params,
+            support,
+            query,
+            lam=s["lam"],
+            inner=inner,
+            solver=CG(s["cg_steps"]),
+            has_aux=True,
+        )
+    return imaml.maml_gradient(
+        loss_fn,
+        params,
+        support,
+        query,
+        inner=GD(steps, s["inner_lr"]),
+        first_order=method == "fomaml",
+        has_aux=True,
+    )
+
+
+def measure(spec: dict[str, Any]) -> dict[str, float]:
+    """Peak and baseline bytes of one meta-gradient, in this process (run it in a fresh one).
+
+    The baseline is taken after imports, model and data creation and a warm-up
+    meta-gradient of the same method on a tiny problem (one task, one inner step, a
+    4-channel conv4), so that loading library code and kernels is not counted as memory.
+    """
+    s, device = spec["settings"], spec["device"]
+    torch.set_num_threads(spec["threads"])
+    tiny = {**s, "tasks": 1, "queries": 1, "hidden": 4}
+    meta_gradient(spec["method"], 1, tiny, *_problem(tiny, device))
+    problem = _problem(s, device)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+        baseline = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        meta_gradient(spec["method"], spec["steps"], s, *problem)
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device)
+    else:
+        baseline = _max_rss()
+        meta_gradient(spec["method"], spec["steps"], s, *problem)
+        peak = _max_rss()
+    return {"peak_bytes": peak, "baseline_bytes": baseline}
+
+
+def _problem(s: dict[str, Any], device: str):
+    return conv4_problem(
+        s["tasks"],
+        ways=s["ways"],
+        shots=s["shots"],
+        queries=s["queries"],
+        hidden=s["hidden"],
+        device=device,
+    )
+
+
+def _max_rss() -> int:
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+
+
+def run(quick: bool = False, device: str = "cpu") -> Result:
+    """Every method at every number of inner steps, each in its own process."""
+    s = QUICK if quick else FULL
+    hw = hardware(device)
+    points: dict[str, dict[str, list[float]]] = {}
+    for method in METHODS:
+        rows = points.setdefault(method, {"peak_mib": [], "baseline_mib": [], "delta_mib": []})
+        for steps in s["inner_steps"]:
+            spec = {
+                "method": method,
+                "steps": steps,
+                "settings": s,
+                "device": device,
+                "threads": torch.get_num_threads(),
+            }
+            m = _in_subprocess(spec)
+            rows["peak_mib"].append(m["peak_bytes"] / MIB)
+            rows["baseline_mib"].append(m["baseline_bytes"] / MIB)
+            rows["delta_mib"].append((m["peak_bytes"] - m["baseline_bytes"]) / MIB)
+            print(f"{method:9s} {steps:3d} steps: {m['peak_bytes'] / MIB:8.1f} MiB", flush=True)
+    growth = {k: v["delta_mib"][-1] / v["delta_mib"][0] for k, v in points.items()}
+    span = f"{s['inner_steps'][0]} -> {s['inner_steps'][-1]} steps"
+    return {
+        "benchmark": "memory",
+        "measured": (
+            "CPU: peak resident set size (ru_maxrss) of a fresh process; delta = peak minus "
+            "the peak before the meta-gradient (after imports, model and data creation and "
+            "a warm-up meta-gradient of the same method on a tiny problem, so that library "
+            "code paged in is not counted); glibc's MALLOC_MMAP_THRESHOLD_=65536 so that freed "
+            "tensors leave the RSS. GPU: torch.cuda.max_memory_allocated; delta = "
+            "peak minus memory allocated before."
+        ),
+        "settings": s,
+        "hardware": hw,
+        "inner_steps": s["inner_steps"],
+        "points": points,
+        "delta_growth": growth,
+        "targets": [
+            target(f"iMAML-GD delta growth, {span}", growth["imaml_gd"], "<=", 1.15),
+            target(f"iMAML-HF delta growth, {span}", growth["imaml_hf"], "<=", 1.15),
+            target(f"MAML delta growth, {span}", growth["maml"], ">=", 5.0),
+        ],
+    }
+
+
+def _in_subprocess(spec: dict[str, Any]) -> dict[str, float]:
+    # glibc: allocations above 64 KiB get their own mappings, returned to the system when
+    # freed, so the peak RSS tracks live tensors rather than the heap's fragmentation.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run(
+        [sys.executable, "-m", "imaml.bench.memory", json.dumps(spec)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Delta peak memory (solid) and raw peak (dotted) against inner steps, per method."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    steps = result["inner_steps"]
+    for method, rows in result["points"].items():
+        (line,) = ax.plot(steps, rows["delta_mib"], "o-", label=f"{LABELS[method]} (delta)")
+        ax.plot(steps, rows["peak_mib"], ":", color=line.get_color(), alpha=0.6)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(steps, [str(k) for k in steps])
+    device = result["hardware"]["device"]
+    ax.set(
+        xlabel="inner steps",
+        ylabel="peak memory of one meta-gradient (MiB)",
+        title=f"conv4 Omniglot 5-way 1-shot, {result['settings']['tasks']} tasks ({device})",
+    )
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(title="dotted: raw peak", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    print(json.dumps(measure(json.loads(sys.argv[1]))))

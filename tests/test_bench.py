@@ -1,0 +1,77 @@
+"""The benchmarks' code paths on tiny settings, and the accuracy benchmark's real claim."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from imaml.bench import accuracy, main, memory, speed
+
+
+def test_accuracy_imaml_error_reaches_1e_6_with_cg_steps():
+    result = accuracy.run(quick=True)
+    errors = result["vs_cg_steps"]["imaml"]
+    assert errors[0] > errors[1] > errors[2]
+    assert min(errors) <= 1e-6
+    assert all(t["met"] for t in result["targets"])
+    inner = result["vs_inner_steps"]
+    assert inner["maml"][-1] < 1e-3 < inner["maml"][0]  # MAML converges with inner steps
+    assert inner["fomaml"][-1] > 1e-2  # first-order MAML does not
+
+
+def test_accuracy_full_settings_reach_1e_6():
+    s = accuracy.FULL
+    tasks = accuracy.LinearTasks(s["tasks"], s["dim"], s["support"], s["query"])
+    exact = tasks.exact_meta_gradient(s["lam"])
+    g = accuracy.imaml_gradient(tasks, s["lam"], s["inner_lr"], s["exact_inner_steps"], 20)
+    assert float((g - exact).norm() / exact.norm()) <= 1e-6
+
+
+def test_speed_quick_runs_and_batched_matches_loop(tmp_path):
+    result = speed.run(quick=True)
+    speed.plot(result, tmp_path / "speed.png")
+    assert result["batched_vs_loop_relative_difference"] < 1e-4
+    assert result["flops_per_task"] > 0 and result["matmul_gflops"] > 0
+    assert {t["name"] for t in result["targets"]} == {
+        "tasks/s, batched / per-task loop",
+        "batched FLOP rate / fp32 matmul rate",
+    }
+
+
+def test_memory_runs_each_point_in_a_fresh_process(monkeypatch, tmp_path):
+    spec = {
+        "method": "imaml_gd",
+        "steps": 1,
+        "settings": memory.QUICK,
+        "device": "cpu",
+        "threads": 1,
+    }
+    fresh = memory._in_subprocess(spec)
+    assert fresh["peak_bytes"] >= fresh["baseline_bytes"] > 0
+
+    def fake(spec):  # the other points: MAML's memory grows with steps, the others' does not
+        grows = spec["method"] == "maml"
+        return {
+            "peak_bytes": 2**30 + 2**20 * (spec["steps"] if grows else 1),
+            "baseline_bytes": 2**30,
+        }
+
+    monkeypatch.setattr(memory, "_in_subprocess", fake)
+    result = memory.run(quick=True)
+    assert set(result["points"]) == set(memory.METHODS)
+    assert result["delta_growth"]["maml"] == 4 and result["delta_growth"]["imaml_gd"] == 1
+    assert [t["met"] for t in result["targets"]] == [True, True, False]
+    memory.plot(result, tmp_path / "memory.png")
+
+
+def test_main_writes_json_and_png(tmp_path):
+    assert main(["accuracy", "--quick", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "accuracy.json").read_text())
+    assert result["benchmark"] == "accuracy" and result["hardware"]["cpu_count"]
+    assert (tmp_path / "accuracy.png").stat().st_size > 0
+
+
+def test_main_rejects_unknown_benchmark():
+    with pytest.raises(SystemExit):
+        main(["nonsense"])
