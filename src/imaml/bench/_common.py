@@ -7,7 +7,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +28,17 @@ def default_device() -> str:
 
 
 def conv4_problem(
-    tasks: int,
-    *,
-    ways: int = 5,
-    shots: int = 1,
-    queries: int = 15,
-    hidden: int = 64,
-    device: str = "cpu",
-    seed: int = 0,
+    settings: Mapping[str, Any], device: str = "cpu", seed: int = 0
 ) -> tuple[LossFn, Params, tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
     """``(loss_fn, θ, support, query)`` for conv4 Omniglot N-way K-shot, on random 28×28 images.
 
-    Time and memory do not depend on the pixel values, so no data set is needed; the shapes
-    are those of Omniglot (1 channel, 28×28), with ``ways·shots`` support and
+    ``settings`` gives ``tasks``, ``ways``, ``shots``, ``queries`` (per class) and ``hidden``
+    (filters). Time and memory do not depend on the pixel values, so no data set is needed;
+    the shapes are those of Omniglot (1 channel, 28×28), with ``ways·shots`` support and
     ``ways·queries`` query images per task.
     """
+    tasks, ways = settings["tasks"], settings["ways"]
+    hidden, shots, queries = settings["hidden"], settings["shots"], settings["queries"]
     torch.manual_seed(seed)
     model = Conv4(1, ways, hidden=hidden).to(device)
     params = {k: v.detach() for k, v in model.named_parameters()}

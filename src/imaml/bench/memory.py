@@ -83,8 +83,8 @@ def measure(spec: dict[str, Any]) -> dict[str, float]:
     s, device = spec["settings"], spec["device"]
     torch.set_num_threads(spec["threads"])
     tiny = {**s, "tasks": 1, "queries": 1, "hidden": 4}
-    meta_gradient(spec["method"], 1, tiny, *_problem(tiny, device))
-    problem = _problem(s, device)
+    meta_gradient(spec["method"], 1, tiny, *conv4_problem(tiny, device))
+    problem = conv4_problem(s, device)
     if device.startswith("cuda"):
         torch.cuda.synchronize(device)
         baseline = torch.cuda.memory_allocated(device)
@@ -97,17 +97,6 @@ def measure(spec: dict[str, Any]) -> dict[str, float]:
         meta_gradient(spec["method"], spec["steps"], s, *problem)
         peak = _max_rss()
     return {"peak_bytes": peak, "baseline_bytes": baseline}
-
-
-def _problem(s: dict[str, Any], device: str):
-    return conv4_problem(
-        s["tasks"],
-        ways=s["ways"],
-        shots=s["shots"],
-        queries=s["queries"],
-        hidden=s["hidden"],
-        device=device,
-    )
 
 
 def _max_rss() -> int:

@@ -90,14 +90,7 @@ def run(quick: bool = False, device: str = "cpu") -> Result:
     """Time the engine, the loop and a matmul, interleaved; count the FLOPs of one task."""
     s = QUICK if quick else FULL
     hw = hardware(device)
-    problem = conv4_problem(
-        s["tasks"],
-        ways=s["ways"],
-        shots=s["shots"],
-        queries=s["queries"],
-        hidden=s["hidden"],
-        device=device,
-    )
+    problem = conv4_problem(s, device)
     loss_fn, params, support, query = problem
     one_task = (loss_fn, params, tuple(t[:1] for t in support), tuple(t[:1] for t in query))
     with FlopCounterMode(display=False) as counter:
