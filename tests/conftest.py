@@ -9,13 +9,9 @@ import torch
 from torch import Tensor, nn
 
 import imaml
+from imaml.bench.accuracy import quadratic
 
 torch.set_num_threads(2)
-
-
-def linear_loss(params: dict[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
-    """Half mean squared error of the linear model ``x @ w + b`` on one task."""
-    return 0.5 * torch.mean((x @ params["w"] + params["b"] - y) ** 2)
 
 
 @dataclass
@@ -44,11 +40,7 @@ class LinearTasks:
     def theta_vec(self) -> Tensor:
         return torch.cat([self.theta["w"], self.theta["b"].reshape(1)])
 
-    @staticmethod
-    def quadratic(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """(H, c) of one task's loss in the flattened parameters [w, b]."""
-        z = torch.cat([x, torch.ones(x.shape[0], 1, dtype=x.dtype)], dim=1)
-        return z.T @ z / x.shape[0], z.T @ y / x.shape[0]
+    quadratic = staticmethod(quadratic)
 
     def unflatten(self, vec: Tensor) -> dict[str, Tensor]:
         return {"w": vec[:-1], "b": vec[-1]}

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import imaml
-from conftest import linear_loss
 from imaml import tree
+from imaml.bench.accuracy import linear_loss
 from imaml.inner import GD, Adam
 
 LR, STEPS = 0.1, 6

@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 import imaml
-from conftest import linear_loss, make_linear_tasks
+from conftest import make_linear_tasks
 from imaml import tree
+from imaml.bench.accuracy import linear_loss
 from imaml.inner import GD, HessianFree
 from imaml.solvers import CG, Dense, Neumann
 

@@ -84,7 +84,7 @@ def test_user_defined_inner_optimizer_plugs_in(linear_tasks):
             params = tree.axpy(-0.1, velocity, params)
         return params
 
-    from conftest import linear_loss
+    from imaml.bench.accuracy import linear_loss
 
     grads, info = imaml.meta_gradient(
         linear_loss,

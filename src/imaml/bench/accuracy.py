@@ -62,6 +62,17 @@ def linear_loss(params: Params, x: Tensor, y: Tensor) -> Tensor:
     return 0.5 * torch.mean((x @ params["w"] + params["b"] - y) ** 2)
 
 
+def quadratic(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    """``(H, c)`` with :func:`linear_loss` ``= ½φᵀHφ − cᵀφ + const`` in ``φ = [w, b]``.
+
+    ``x`` (..., n, d) and ``y`` (..., n) give H of shape (..., d+1, d+1) and c of (..., d+1);
+    leading dimensions (tasks) batch.
+    """
+    z = torch.cat([x, torch.ones(*x.shape[:-1], 1, dtype=x.dtype)], dim=-1)
+    n = x.shape[-2]
+    return z.mT @ z / n, (z.mT @ y.unsqueeze(-1)).squeeze(-1) / n
+
+
 class LinearTasks:
     """B linear-regression tasks in float64 with features of spread scales (κ(I + H/λ) ≈ 13)."""
 
@@ -81,16 +92,10 @@ class LinearTasks:
             "b": torch.randn((), generator=g, dtype=torch.float64),
         }
 
-    @staticmethod
-    def _quadratic(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        z = torch.cat([x, torch.ones(*x.shape[:-1], 1, dtype=x.dtype)], dim=-1)
-        n = x.shape[-2]
-        return z.mT @ z / n, (z.mT @ y.unsqueeze(-1)).squeeze(-1) / n
-
     def exact_meta_gradient(self, lam: float) -> Tensor:
         """``g*``, flattened as ``[w, b]``."""
-        h, c = self._quadratic(*self.support)
-        hq, cq = self._quadratic(*self.query)
+        h, c = quadratic(*self.support)
+        hq, cq = quadratic(*self.query)
         eye = torch.eye(h.shape[-1], dtype=h.dtype)
         theta = tree.flatten(self.theta)[0]
         phi = torch.linalg.solve(h + lam * eye, (c + lam * theta).unsqueeze(-1))
