@@ -11,7 +11,7 @@ from conftest import make_linear_tasks
 from imaml import tree
 from imaml.bench.accuracy import linear_loss
 from imaml.inner import GD, HessianFree
-from imaml.solvers import CG, Dense, Neumann
+from imaml.solvers import CG, MINRES, Dense, Neumann
 
 LAM = 2.0
 INNERS = {
@@ -20,6 +20,7 @@ INNERS = {
 }
 SOLVERS = {
     "cg": CG(iters=5),
+    "minres": MINRES(iters=5),
     "neumann": Neumann(iters=120, alpha=0.45),
     "dense": Dense(),
 }
@@ -139,15 +140,14 @@ def test_chunked_equals_unchunked(mlp_problem):
         torch.testing.assert_close(full[name], chunked[name])
 
 
-def test_cg_converges_to_dense_on_mlp(mlp_problem):
+@pytest.mark.parametrize("krylov", [CG(60, tol=1e-13), MINRES(60, tol=1e-13)], ids=["cg", "minres"])
+def test_krylov_solver_converges_to_dense_on_mlp(mlp_problem, krylov):
     loss_fn, params, (xs, ys, xq, yq) = mlp_problem
     kwargs = dict(lam=LAM, inner=HessianFree(steps=8, cg_iters=10))
     dense, info_d = imaml.meta_gradient(
         loss_fn, params, (xs, ys), (xq, yq), solver=Dense(), **kwargs
     )
-    cg, info_c = imaml.meta_gradient(
-        loss_fn, params, (xs, ys), (xq, yq), solver=CG(60, tol=1e-13), **kwargs
-    )
+    cg, info_c = imaml.meta_gradient(loss_fn, params, (xs, ys), (xq, yq), solver=krylov, **kwargs)
     assert torch.all(info_d["solver_residual"] < 1e-12)
     assert torch.all(info_c["solver_residual"] < 1e-11)
     for name in params:

@@ -9,7 +9,7 @@ import torch
 from torch.func import vmap
 
 from imaml import tree
-from imaml.solvers import CG, Dense, Neumann, conjugate_gradient, dense_matrix
+from imaml.solvers import CG, MINRES, Dense, Neumann, conjugate_gradient, dense_matrix, minres
 
 
 def spd(n: int, seed: int, cond: float = 10.0) -> torch.Tensor:
@@ -35,8 +35,8 @@ def system():
 
 @pytest.mark.parametrize(
     "solver",
-    [CG(6), CG(50, tol=1e-12), Neumann(400, alpha=0.15), Dense()],
-    ids=["cg-exact", "cg-tol", "neumann", "dense"],
+    [CG(6), CG(50, tol=1e-12), MINRES(6), MINRES(50, tol=1e-12), Neumann(400, alpha=0.15), Dense()],
+    ids=["cg-exact", "cg-tol", "minres-exact", "minres-tol", "neumann", "dense"],
 )
 def test_solver_is_exact_and_reports_true_residual(system, solver):
     a, b, x_true = system
@@ -50,7 +50,7 @@ def test_solver_is_exact_and_reports_true_residual(system, solver):
 
 def test_truncated_solvers_report_their_residual(system):
     a, b, _ = system
-    for solver in (CG(2), Neumann(5, alpha=0.15)):
+    for solver in (CG(2), MINRES(2), Neumann(5, alpha=0.15)):
         x, residual = solver(matvec_of(a), as_tree(b))
         x = tree.flatten(x)[0]
         true_residual = torch.linalg.norm(a @ x - b) / torch.linalg.norm(b)
@@ -70,15 +70,16 @@ def test_neumann_is_the_truncated_series(system):
 def test_converged_cg_keeps_its_solution(system):
     a, b, x_true = system
     # Far more iterations than needed: masked updates must not divide by a zero residual.
-    x, _residual = CG(200)(matvec_of(a), as_tree(b))
-    x = tree.flatten(x)[0]
-    assert torch.all(torch.isfinite(x))
-    torch.testing.assert_close(x, x_true, rtol=1e-9, atol=1e-10)
+    for solver in (CG(200), MINRES(200)):
+        x, _residual = solver(matvec_of(a), as_tree(b))
+        x = tree.flatten(x)[0]
+        assert torch.all(torch.isfinite(x))
+        torch.testing.assert_close(x, x_true, rtol=1e-9, atol=1e-10)
 
 
 def test_zero_right_hand_side_gives_zero():
     a = spd(6, 1)
-    for solver in (CG(3), Neumann(3, 0.1), Dense()):
+    for solver in (CG(3), MINRES(3), Neumann(3, 0.1), Dense()):
         x, residual = solver(matvec_of(a), as_tree(torch.zeros(6, dtype=torch.float64)))
         assert torch.all(tree.flatten(x)[0] == 0) and residual == 0
 
@@ -98,7 +99,7 @@ def test_cg_error_falls_geometrically():
 def test_solvers_batch_under_vmap():
     mats = torch.stack([spd(6, s) for s in range(3)])
     rhs = torch.randn(3, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    for solver in (CG(6), Dense()):
+    for solver in (CG(6), MINRES(6), Dense()):
 
         def solve(m, r, solver=solver):
             return solver(matvec_of(m), as_tree(r))
@@ -118,6 +119,45 @@ def test_negative_curvature_stop_returns_a_descent_direction():
     assert torch.all(torch.isfinite(x)) and x @ b > 0
 
 
+def symmetric_indefinite(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
+    eigenvalues = torch.linspace(-3.0, 10.0, n, dtype=torch.float64)
+    eigenvalues[n // 3] = 0.3  # none near zero: a well-posed, indefinite system
+    return q @ torch.diag(eigenvalues) @ q.T
+
+
+def test_minres_minimizes_the_residual_over_the_krylov_space():
+    n = 9
+    a = symmetric_indefinite(n, 4)
+    b = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    matvec = lambda v: {"v": a @ v["v"]}  # noqa: E731
+    krylov = [b]
+    previous = 1.0
+    for k in range(1, n + 1):
+        x, residual = minres(matvec, {"v": b}, k)
+        # The least-squares minimizer of ‖b − A x‖ over x in span{b, …, A^(k−1) b}.
+        basis, _ = torch.linalg.qr(torch.stack(krylov, dim=1))
+        coef = torch.linalg.lstsq(a @ basis, b).solution
+        best = torch.linalg.norm(a @ basis @ coef - b) / torch.linalg.norm(b)
+        true = torch.linalg.norm(a @ x["v"] - b) / torch.linalg.norm(b)
+        torch.testing.assert_close(true, best, rtol=1e-7, atol=1e-12)
+        torch.testing.assert_close(residual, true, rtol=1e-7, atol=1e-12)
+        assert residual <= previous + 1e-12
+        previous = residual
+        krylov.append(a @ krylov[-1])
+    torch.testing.assert_close(x["v"], torch.linalg.solve(a, b), rtol=1e-8, atol=1e-10)
+
+
+def test_cg_residual_can_exceed_one_where_minres_cannot():
+    a = symmetric_indefinite(9, 4)
+    b = torch.randn(9, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    matvec = lambda v: {"v": a @ v["v"]}  # noqa: E731
+    cg = [float(conjugate_gradient(matvec, {"v": b}, k).residual) for k in range(1, 9)]
+    mr = [float(minres(matvec, {"v": b}, k).residual) for k in range(1, 9)]
+    assert max(cg) > 1.0 and max(mr) <= 1.0
+
+
 def test_dense_matrix_recovers_the_operator():
     a = spd(6, 3)
     torch.testing.assert_close(
@@ -125,7 +165,16 @@ def test_dense_matrix_recovers_the_operator():
     )
 
 
-@pytest.mark.parametrize("make", [lambda: CG(0), lambda: CG(2, tol=-1.0), lambda: Neumann(3, 0.0)])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: CG(0),
+        lambda: CG(2, tol=-1.0),
+        lambda: MINRES(0),
+        lambda: MINRES(2, tol=-1.0),
+        lambda: Neumann(3, 0.0),
+    ],
+)
 def test_bad_settings_are_rejected(make):
     with pytest.raises(ValueError):
         make()

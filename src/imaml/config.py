@@ -87,7 +87,7 @@ class ImamlConfig:
     """iMAML's proximal strength λ and the linear solver for ``(I + H/λ) g = ∇L_q``."""
 
     lam: float = 2.0
-    solver: Literal["cg", "neumann", "dense"] = "cg"
+    solver: Literal["cg", "minres", "neumann", "dense"] = "cg"
     solver_iters: int = 5
     neumann_alpha: float = 0.1
 

@@ -86,6 +86,50 @@ def conjugate_gradient(
     return Solution(x, _relative(rs, b_sq))
 
 
+def minres(matvec: MatVec, b: Params, iters: int, tol: float = 0.0) -> Solution:
+    """MINRES (Paige & Saunders 1975) from ``x0 = 0`` for a symmetric, possibly indefinite ``A``.
+
+    Iterate k minimizes ``‖b − A x‖`` over the Krylov space ``span{b, Ab, …, A^(k−1) b}``,
+    so the residual never grows (it is at most 1, where CG's can blow up on an indefinite
+    system). ``iters`` matvecs; updates are masked out once ``‖r‖ ≤ tol·‖b‖`` or the Krylov
+    space is exhausted. The residual returned is the recursively updated one (Lanczos with
+    Givens rotations), equal to ``‖b − Ax‖/‖b‖`` up to round-off.
+    """
+    beta1 = tree.norm(b)
+    zero = torch.zeros_like(beta1)
+    x = tree.zeros_like(b)
+    w, w_prev = x, x
+    r_prev, r = x, b
+    beta, beta_prev = beta1, torch.ones_like(beta1)
+    cs, sn = -torch.ones_like(beta1), zero
+    dbar, eps, phibar = zero, zero, beta1
+    threshold = tol * beta1
+    for k in range(iters):
+        active = (phibar > threshold) & (beta > _TINY * beta1.clamp(min=_TINY))
+        v = tree.scale(r, 1.0 / torch.where(active, beta, torch.ones_like(beta)))
+        y = matvec(v)
+        if k > 0:
+            y = tree.axpy(-beta / beta_prev, r_prev, y)
+        alpha = tree.dot(v, y)
+        y = tree.axpy(-alpha / torch.where(active, beta, torch.ones_like(beta)), r, y)
+        r_prev, r = r, y
+        beta_prev, beta = beta, tree.norm(y)
+        # Apply the previous rotation to the new column of the tridiagonal matrix, then a new
+        # rotation that annihilates its subdiagonal entry beta.
+        eps_prev = eps
+        delta = cs * dbar + sn * alpha
+        gbar = sn * dbar - cs * alpha
+        eps = sn * beta
+        dbar = -cs * beta
+        gamma = torch.sqrt(gbar * gbar + beta * beta).clamp(min=_TINY)
+        cs, sn = gbar / gamma, beta / gamma
+        phi = cs * phibar
+        w_prev, w = w, tree.scale(tree.axpy(-eps_prev, w_prev, tree.axpy(-delta, w, v)), 1 / gamma)
+        x = tree.where(active, tree.axpy(phi, w, x), x)
+        phibar = torch.where(active, sn * phibar, phibar)
+    return Solution(x, phibar / beta1.clamp(min=_TINY))
+
+
 def neumann_series(matvec: MatVec, b: Params, iters: int, alpha: float) -> Solution:
     """``x = α Σ_{k<iters} (I − αA)^k b``; ``iters`` matvecs, the last one for the residual.
 
@@ -135,6 +179,26 @@ class CG:
 
     def __call__(self, matvec: MatVec, b: Params) -> Solution:
         return conjugate_gradient(matvec, b, self.iters, self.tol)
+
+
+@dataclass(frozen=True)
+class MINRES:
+    """MINRES with ``iters`` matvecs, stopping early at ``‖r‖ ≤ tol·‖b‖``.
+
+    For ``I + H/λ`` that may be indefinite (small λ, a non-convex support loss): the residual
+    never exceeds 1, where CG may diverge.
+    """
+
+    iters: int
+    tol: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_iters(self.iters)
+        if self.tol < 0:
+            raise ValueError(f"MINRES tol must be >= 0, got {self.tol}")
+
+    def __call__(self, matvec: MatVec, b: Params) -> Solution:
+        return minres(matvec, b, self.iters, self.tol)
 
 
 @dataclass(frozen=True)

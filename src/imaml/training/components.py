@@ -88,6 +88,8 @@ def build_solver(config: Config) -> solvers.LinearSolver:
     cfg = config.imaml
     if cfg.solver == "cg":
         return solvers.CG(cfg.solver_iters)
+    if cfg.solver == "minres":
+        return solvers.MINRES(cfg.solver_iters)
     if cfg.solver == "neumann":
         return solvers.Neumann(cfg.solver_iters, cfg.neumann_alpha)
     return solvers.Dense()
