@@ -33,6 +33,7 @@ def test_speed_quick_runs_and_batched_matches_loop(tmp_path):
     speed.plot(result, tmp_path / "speed.png")
     assert result["batched_vs_loop_relative_difference"] < 1e-4
     assert result["flops_per_task"] > 0 and result["matmul_gflops"] > 0
+    assert result["plain_step_gflops"] > 0
     assert {t["name"] for t in result["targets"]} == {
         "tasks/s, batched / per-task loop",
         "batched FLOP rate / fp32 matmul rate",

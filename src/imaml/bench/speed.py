@@ -8,6 +8,12 @@ floating-point operations of one task's meta-gradient are counted with
 ``torch.utils.flop_counter.FlopCounterMode`` on the loop (unbatched operations: the counter
 does not account for the grouped convolutions that ``vmap`` produces), and the rate reached
 is compared with a 2048×2048 fp32 matrix multiply timed in the same run.
+
+For scale, the same run times the kernels' own ceiling on this network
+(:func:`plain_step_gflops`): one ordinary forward and backward of the conv4 module, one
+weight set and no ``vmap``, on a batch as large as the meta-batch's support set. A
+meta-gradient is made of such passes (and Hessian-vector products, dearer per FLOP), so its
+FLOP rate cannot exceed that of the plain step by much.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import imaml
 from imaml import tree
 from imaml.bench._common import Result, conv4_problem, hardware, median, seconds, target
 from imaml.inner import GD
+from imaml.models import Conv4
 from imaml.objective import Objective
 from imaml.solvers import CG
 from imaml.tree import Params
@@ -86,6 +93,27 @@ def matmul_gflops(size: int, repeats: int, device: str) -> float:
     return 2 * size**3 / median([seconds(lambda: a @ b, device) for _ in range(repeats)]) / 1e9
 
 
+def plain_step_gflops(s: dict[str, Any], repeats: int, device: str) -> float:
+    """GFLOP/s of one plain forward + backward of conv4 on the meta-batch's support images.
+
+    An ``nn.Module`` with one weight set, no ``vmap``, batch ``tasks·ways·shots`` images
+    (the size of one batched inner step): the rate PyTorch's kernels reach on these layers.
+    """
+    torch.manual_seed(0)
+    model = Conv4(1, s["ways"], hidden=s["hidden"]).to(device)
+    n = s["tasks"] * s["ways"] * s["shots"]
+    x = torch.rand(n, 1, 28, 28, device=device)
+    y = torch.arange(n, device=device) % s["ways"]
+
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return counter.get_total_flops() / median([seconds(step, device) for _ in range(repeats)]) / 1e9
+
+
 def run(quick: bool = False, device: str = "cpu") -> Result:
     """Time the engine, the loop and a matmul, interleaved; count the FLOPs of one task."""
     s = QUICK if quick else FULL
@@ -100,13 +128,19 @@ def run(quick: bool = False, device: str = "cpu") -> Result:
     reference = per_task_loop(s, *problem)
     engine = batched(s, *problem)  # also the warm-up
     error = float(tree.norm(tree.sub(engine, reference)) / tree.norm(reference))
-    times: dict[str, list[float]] = {"batched": [], "loop": [], "matmul_gflops": []}
+    times: dict[str, list[float]] = {
+        "batched": [],
+        "loop": [],
+        "matmul_gflops": [],
+        "plain_step_gflops": [],
+    }
     for _ in range(s["repeats"]):
         times["batched"].append(seconds(lambda: batched(s, *problem), device))
         times["loop"].append(seconds(lambda: per_task_loop(s, *problem), device))
         times["matmul_gflops"].append(matmul_gflops(s["matmul_size"], 5, device))
+        times["plain_step_gflops"].append(plain_step_gflops(s, 5, device))
     t_batched, t_loop = median(times["batched"]), median(times["loop"])
-    matmul = median(times["matmul_gflops"])
+    matmul, plain = median(times["matmul_gflops"]), median(times["plain_step_gflops"])
     gflops = s["tasks"] * flops_per_task / t_batched / 1e9
     tasks = s["tasks"]
     return {
@@ -121,6 +155,9 @@ def run(quick: bool = False, device: str = "cpu") -> Result:
         "gflops": {"batched": gflops, "loop": tasks * flops_per_task / t_loop / 1e9},
         "matmul_gflops": matmul,
         "fraction_of_matmul_rate": gflops / matmul,
+        "plain_step_gflops": plain,
+        "plain_step_fraction_of_matmul_rate": plain / matmul,
+        "batched_fraction_of_plain_step_rate": gflops / plain,
         "batched_vs_loop_relative_difference": error,
         "difference_note": (
             "float32 round-off (grouped vs per-task kernels), amplified by 16 inner steps and "
@@ -143,8 +180,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
     labels = ["batched (vmap)", "per-task loop"]
     a.bar(labels, [result["tasks_per_second"][k] for k in names], color=["C0", "C1"])
     a.set(ylabel="tasks per second", title="meta-gradient throughput")
-    rates = [result["gflops"][k] for k in names] + [result["matmul_gflops"]]
-    b.bar([*labels, "fp32 matmul"], rates, color=["C0", "C1", "gray"])
+    rates = [result["gflops"][k] for k in names]
+    rates += [result["plain_step_gflops"], result["matmul_gflops"]]
+    bars = [*labels, "plain conv4\nfwd+bwd", "fp32 matmul"]
+    b.bar(bars, rates, color=["C0", "C1", "C2", "gray"])
     b.axhline(result["matmul_gflops"] / 2, color="k", ls=":", label="half the matmul rate")
     b.set(ylabel="GFLOP/s", title="floating-point rate")
     b.legend()
