@@ -178,3 +178,19 @@ def test_dense_matrix_recovers_the_operator():
 def test_bad_settings_are_rejected(make):
     with pytest.raises(ValueError):
         make()
+
+
+def test_negative_curvature_stop_is_final():
+    # p0 = b has positive curvature; the second direction has negative curvature. After the
+    # stop, later iterations must not restart from the residual and move x again.
+    a = torch.diag(torch.tensor([3.0, -1.0, 2.0, 5.0], dtype=torch.float64))
+    b = torch.ones(4, dtype=torch.float64)
+    matvec = lambda v: {"v": a @ v["v"]}  # noqa: E731
+    first = conjugate_gradient(matvec, {"v": b}, 1, stop_on_negative_curvature=True)
+    r1 = b - a @ first.x["v"]
+    p1 = r1 + (r1 @ r1) / (b @ b) * b
+    assert b @ a @ b > 0 and p1 @ a @ p1 < 0  # one step taken, then negative curvature
+    for iters in (2, 3, 10):
+        later = conjugate_gradient(matvec, {"v": b}, iters, stop_on_negative_curvature=True)
+        torch.testing.assert_close(later.x["v"], first.x["v"], rtol=0, atol=0)
+        torch.testing.assert_close(later.residual, first.residual, rtol=0, atol=0)

@@ -9,9 +9,11 @@ and ``residual`` is the 0-d tensor ``‖A x − b‖ / ‖b‖``. Solvers run a 
 iterations with masked updates and no host synchronization, so they run under
 ``torch.func.vmap`` (one system per task) and on the GPU without stalls.
 
-The numerical algorithms (:func:`conjugate_gradient`, :func:`neumann_series`,
-:func:`dense_solve`) are separate from the policy objects (:class:`CG`, :class:`Neumann`,
-:class:`Dense`) that the meta-gradient takes.
+The numerical algorithms (:func:`conjugate_gradient`, :func:`minres`, :func:`neumann_series`,
+:func:`dense_solve`) are separate from the policy objects (:class:`CG`, :class:`MINRES`,
+:class:`Neumann`, :class:`Dense`) that the meta-gradient takes. ``I + H/λ`` is symmetric but,
+for a non-convex support loss and a small λ, not always positive definite: CG may then diverge
+(residual above 1), MINRES may not.
 """
 
 from __future__ import annotations
@@ -70,12 +72,14 @@ def conjugate_gradient(
     rs = tree.dot(r, r)
     b_sq = rs
     threshold = (tol * tol) * b_sq
+    running = torch.ones_like(rs, dtype=torch.bool)  # once stopped, stopped for good
     for _ in range(iters):
-        active = rs > threshold
+        active = running & (rs > threshold)
         ap = matvec(p)
         pap = tree.dot(p, ap)
         if stop_on_negative_curvature:
             active = active & (pap > 0)
+        running = active
         alpha = torch.where(active, rs / torch.where(active, pap, torch.ones_like(pap)), 0.0)
         x = tree.axpy(alpha, p, x)
         r = tree.axpy(-alpha, ap, r)
@@ -104,8 +108,11 @@ def minres(matvec: MatVec, b: Params, iters: int, tol: float = 0.0) -> Solution:
     cs, sn = -torch.ones_like(beta1), zero
     dbar, eps, phibar = zero, zero, beta1
     threshold = tol * beta1
+    # The Krylov space is exhausted when the next Lanczos vector's norm falls to round-off.
+    exhausted = torch.finfo(beta1.dtype).eps * beta1
+    active = torch.ones_like(beta1, dtype=torch.bool)
     for k in range(iters):
-        active = (phibar > threshold) & (beta > _TINY * beta1.clamp(min=_TINY))
+        active = active & (phibar > threshold) & (beta > exhausted)  # once stopped, for good
         v = tree.scale(r, 1.0 / torch.where(active, beta, torch.ones_like(beta)))
         y = matvec(v)
         if k > 0:
