@@ -170,11 +170,8 @@ def dense_solve(matvec: MatVec, b: Params) -> Solution:
 
 
 @dataclass(frozen=True)
-class CG:
-    """Conjugate gradient with ``iters`` matvecs, stopping early at ``‖r‖ ≤ tol·‖b‖``.
-
-    The paper's solver (Algorithm 2); needs ``A`` symmetric positive definite.
-    """
+class _Krylov:
+    """``iters`` matvecs of a Krylov method, stopping early at ``‖r‖ ≤ tol·‖b‖``."""
 
     iters: int
     tol: float = 0.0
@@ -182,27 +179,27 @@ class CG:
     def __post_init__(self) -> None:
         _check_iters(self.iters)
         if self.tol < 0:
-            raise ValueError(f"CG tol must be >= 0, got {self.tol}")
+            raise ValueError(f"{type(self).__name__} tol must be >= 0, got {self.tol}")
+
+
+@dataclass(frozen=True)
+class CG(_Krylov):
+    """Conjugate gradient with ``iters`` matvecs, stopping early at ``‖r‖ ≤ tol·‖b‖``.
+
+    The paper's solver (Algorithm 2); needs ``A`` symmetric positive definite.
+    """
 
     def __call__(self, matvec: MatVec, b: Params) -> Solution:
         return conjugate_gradient(matvec, b, self.iters, self.tol)
 
 
 @dataclass(frozen=True)
-class MINRES:
+class MINRES(_Krylov):
     """MINRES with ``iters`` matvecs, stopping early at ``‖r‖ ≤ tol·‖b‖``.
 
     For ``I + H/λ`` that may be indefinite (small λ, a non-convex support loss): the residual
     never exceeds 1, where CG may diverge.
     """
-
-    iters: int
-    tol: float = 0.0
-
-    def __post_init__(self) -> None:
-        _check_iters(self.iters)
-        if self.tol < 0:
-            raise ValueError(f"MINRES tol must be >= 0, got {self.tol}")
 
     def __call__(self, matvec: MatVec, b: Params) -> Solution:
         return minres(matvec, b, self.iters, self.tol)
