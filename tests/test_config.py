@@ -48,6 +48,8 @@ def test_bundled_config_parses_and_builds_its_model(name: str) -> None:
 def test_omniglot_configs_follow_table_2(name: str) -> None:
     _, config = load_config(name)
     assert (config.algorithm, config.imaml.lam, config.imaml.solver_iters) == ("imaml", 2.0, 5)
+    # MINRES, not the paper's CG: I + H/lam is indefinite for this network (README, Omniglot).
+    assert config.imaml.solver == "minres"
     assert (config.train.outer_optimizer, config.train.outer_lr) == ("adam", 1e-3)
     assert config.train.meta_batch == 32
     if name.endswith("-hf"):
