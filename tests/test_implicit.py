@@ -49,6 +49,15 @@ def test_meta_gradient_matches_closed_form(linear_tasks, inner_name, solver_name
         assert info[key].shape == (4,), key
     assert torch.all(info["inner_grad_norm"] < 1e-8)
     assert torch.all(info["solver_residual"] < 1e-7)
+    # I + H/λ with H = XᵀX/n ⪰ 0: every curvature the solvers see is at least 1.
+    curvature = info["solver_min_curvature"]
+    if solver_name == "neumann":
+        assert torch.all(torch.isnan(curvature))
+    else:
+        expected = torch.stack([linear_tasks.min_eigenvalue(i, LAM) for i in range(4)])
+        assert torch.all(curvature >= expected - 1e-9) and torch.all(expected >= 1)
+        if solver_name == "dense":
+            torch.testing.assert_close(curvature, expected)
 
 
 def test_info_losses_are_those_at_the_inner_solution(linear_tasks):

@@ -40,7 +40,7 @@ def system():
 )
 def test_solver_is_exact_and_reports_true_residual(system, solver):
     a, b, x_true = system
-    x, residual = solver(matvec_of(a), as_tree(b))
+    x, residual, _ = solver(matvec_of(a), as_tree(b))
     x = tree.flatten(x)[0]
     torch.testing.assert_close(x, x_true, rtol=1e-9, atol=1e-10)
     true_residual = torch.linalg.norm(a @ x - b) / torch.linalg.norm(b)
@@ -51,7 +51,7 @@ def test_solver_is_exact_and_reports_true_residual(system, solver):
 def test_truncated_solvers_report_their_residual(system):
     a, b, _ = system
     for solver in (CG(2), MINRES(2), Neumann(5, alpha=0.15)):
-        x, residual = solver(matvec_of(a), as_tree(b))
+        x, residual, _ = solver(matvec_of(a), as_tree(b))
         x = tree.flatten(x)[0]
         true_residual = torch.linalg.norm(a @ x - b) / torch.linalg.norm(b)
         assert residual > 1e-3
@@ -63,7 +63,7 @@ def test_neumann_is_the_truncated_series(system):
     alpha, k = 0.1, 7
     m = torch.eye(6, dtype=torch.float64) - alpha * a
     expected = alpha * sum(torch.linalg.matrix_power(m, j) @ b for j in range(k))
-    x, _ = Neumann(k, alpha)(matvec_of(a), as_tree(b))
+    x = Neumann(k, alpha)(matvec_of(a), as_tree(b)).x
     torch.testing.assert_close(tree.flatten(x)[0], expected)
 
 
@@ -71,7 +71,7 @@ def test_converged_cg_keeps_its_solution(system):
     a, b, x_true = system
     # Far more iterations than needed: masked updates must not divide by a zero residual.
     for solver in (CG(200), MINRES(200)):
-        x, _residual = solver(matvec_of(a), as_tree(b))
+        x = solver(matvec_of(a), as_tree(b)).x
         x = tree.flatten(x)[0]
         assert torch.all(torch.isfinite(x))
         torch.testing.assert_close(x, x_true, rtol=1e-9, atol=1e-10)
@@ -80,7 +80,7 @@ def test_converged_cg_keeps_its_solution(system):
 def test_zero_right_hand_side_gives_zero():
     a = spd(6, 1)
     for solver in (CG(3), MINRES(3), Neumann(3, 0.1), Dense()):
-        x, residual = solver(matvec_of(a), as_tree(torch.zeros(6, dtype=torch.float64)))
+        x, residual, _ = solver(matvec_of(a), as_tree(torch.zeros(6, dtype=torch.float64)))
         assert torch.all(tree.flatten(x)[0] == 0) and residual == 0
 
 
@@ -104,10 +104,11 @@ def test_solvers_batch_under_vmap():
         def solve(m, r, solver=solver):
             return solver(matvec_of(m), as_tree(r))
 
-        xs, res = vmap(solve)(mats, rhs)
+        xs, res, curvature = vmap(solve)(mats, rhs)
         for i in range(3):
             got = tree.flatten({k: v[i] for k, v in xs.items()})[0]
             torch.testing.assert_close(got, torch.linalg.solve(mats[i], rhs[i]))
+            torch.testing.assert_close(curvature[i], torch.linalg.eigvalsh(mats[i])[0])
         assert res.shape == (3,)
 
 
@@ -135,7 +136,7 @@ def test_minres_minimizes_the_residual_over_the_krylov_space():
     krylov = [b]
     previous = 1.0
     for k in range(1, n + 1):
-        x, residual = minres(matvec, {"v": b}, k)
+        x, residual, _ = minres(matvec, {"v": b}, k)
         # The least-squares minimizer of ‖b − A x‖ over x in span{b, …, A^(k−1) b}.
         basis, _ = torch.linalg.qr(torch.stack(krylov, dim=1))
         coef = torch.linalg.lstsq(a @ basis, b).solution
@@ -194,3 +195,35 @@ def test_negative_curvature_stop_is_final():
         later = conjugate_gradient(matvec, {"v": b}, iters, stop_on_negative_curvature=True)
         torch.testing.assert_close(later.x["v"], first.x["v"], rtol=0, atol=0)
         torch.testing.assert_close(later.residual, first.residual, rtol=0, atol=0)
+
+
+def test_min_curvature_is_the_smallest_ritz_value():
+    # CG and MINRES build the same Krylov space, so both report the smallest eigenvalue of A
+    # projected on it (Qᵀ A Q), which reaches λ_min(A) after n iterations; Dense is exact.
+    n = 9
+    a = symmetric_indefinite(n, 4)
+    b = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    matvec = lambda v: {"v": a @ v["v"]}  # noqa: E731
+    krylov = [b]
+    for k in range(1, n + 1):
+        basis, _ = torch.linalg.qr(torch.stack(krylov, dim=1))
+        ritz = torch.linalg.eigvalsh(basis.T @ a @ basis)[0]
+        for solve in (conjugate_gradient, minres):
+            got = solve(matvec, {"v": b}, k).min_curvature
+            torch.testing.assert_close(got, ritz, rtol=1e-6, atol=1e-8)
+        krylov.append(a @ krylov[-1])
+    exact = torch.linalg.eigvalsh(a)[0]
+    assert exact < 0
+    torch.testing.assert_close(ritz, exact)
+    torch.testing.assert_close(Dense()(matvec, {"v": b}).min_curvature, exact)
+
+
+def test_min_curvature_ignores_iterations_after_a_stop():
+    a = spd(6, 0)  # λ_min = 1
+    b = torch.linspace(-1, 2, 6, dtype=torch.float64)
+    for solver in (CG(200, tol=1e-10), MINRES(200, tol=1e-10)):
+        torch.testing.assert_close(
+            solver(matvec_of(a), as_tree(b)).min_curvature, torch.tensor(1.0, dtype=a.dtype)
+        )
+        assert torch.isnan(solver(matvec_of(a), as_tree(torch.zeros_like(b))).min_curvature)
+    assert Neumann(3, 0.1)(matvec_of(a), as_tree(b)).min_curvature is None

@@ -11,9 +11,11 @@ differentiated, so memory does not grow with the number of inner steps.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor
 from torch.func import grad_and_value, vmap
 
@@ -63,7 +65,10 @@ def meta_gradient(
         direction that increases the query loss, as ``.grad`` would hold), and ``info``, a
         dict of (B,) tensors: ``support_loss`` and ``query_loss`` at φ*, ``inner_grad_norm``
         (‖∇L_s(φ*) + λ(φ* − θ)‖, how well the inner problem was solved),
-        ``solver_residual`` (‖A g − b‖/‖b‖) and ``query_<name>`` for each aux entry.
+        ``solver_residual`` (‖A g − b‖/‖b‖), ``solver_min_curvature`` (the smallest
+        ``vᵀAv/vᵀv`` of ``A = I + H/λ`` the solver found, NaN if it does not say: negative
+        means ``A`` is indefinite, see :class:`imaml.solvers.Solution`) and
+        ``query_<name>`` for each aux entry.
     """
     lam = check_lam(lam)
     theta, (support, query), support_loss, query_loss = prepare(
@@ -85,13 +90,16 @@ def meta_gradient(
 
         solution = solver(matvec, q_grad)
         inner_grad_norm = tree.norm(tree.axpy(lam, tree.sub(phi, theta), s_grad))
-        return solution.x, s_loss, inner_grad_norm, solution.residual
+        curvature = solution.min_curvature
+        if curvature is None:
+            curvature = torch.full_like(solution.residual, math.nan)
+        return solution.x, s_loss, inner_grad_norm, solution.residual, curvature
 
     phi = map_tasks(inner_solution, theta, support, chunk_size=chunk_size)
     q_grad, q_loss, aux = vmap(query_gradient, chunk_size=cache_chunk(query, chunk_size))(
         phi, query
     )
-    per_task, s_loss, inner_grad_norm, residual = vmap(
+    per_task, s_loss, inner_grad_norm, residual, curvature = vmap(
         solve, in_dims=(None, 0, 0, 0), chunk_size=chunk_size
     )(theta, phi, support, q_grad)
     info = {
@@ -99,6 +107,7 @@ def meta_gradient(
         "query_loss": q_loss,
         "inner_grad_norm": inner_grad_norm,
         "solver_residual": residual,
+        "solver_min_curvature": curvature,
         **{f"query_{k}": v for k, v in aux.items()},
     }
     return task_mean(per_task), info

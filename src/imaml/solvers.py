@@ -18,6 +18,7 @@ for a non-convex support loss and a small λ, not always positive definite: CG m
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
@@ -36,10 +37,18 @@ _TINY = 1e-30
 
 
 class Solution(NamedTuple):
-    """A solver's answer: ``x`` shaped like ``b`` and the relative residual ``‖Ax − b‖/‖b‖``."""
+    """A solver's answer: ``x`` shaped like ``b``, the relative residual ``‖Ax − b‖/‖b‖``,
+    and optionally ``min_curvature``, the smallest ``vᵀAv/vᵀv`` the solver found (0-d).
+
+    ``min_curvature`` is an upper bound on the smallest eigenvalue of ``A``: a negative value
+    proves ``A`` indefinite (CG is then unreliable; for ``I + H/λ``, raise λ or use MINRES).
+    CG reports it over its search directions, MINRES over its Krylov space (the smallest Ritz
+    value), Dense exactly; None where a solver does not estimate it.
+    """
 
     x: Params
     residual: Tensor
+    min_curvature: Tensor | None = None
 
 
 class LinearSolver(Protocol):
@@ -64,7 +73,10 @@ def conjugate_gradient(
     Iteration stops (its updates are masked out) once ``‖r‖ ≤ tol·‖b‖``, so a converged
     solve keeps its solution. With ``stop_on_negative_curvature`` it also stops at a
     direction ``p`` with ``pᵀAp ≤ 0`` (truncated Newton-CG). The residual returned is CG's
-    recursively updated one, equal to ``‖b − Ax‖/‖b‖`` up to round-off.
+    recursively updated one, equal to ``‖b − Ax‖/‖b‖`` up to round-off; ``min_curvature``
+    is the smallest Ritz value of ``A`` from CG's Lanczos matrix (Golub & Van Loan §11.3.5:
+    ``T[k, k] = 1/α_k + β_{k−1}/α_{k−1}``, ``T[k, k+1] = √β_k/α_k``), the direction
+    where CG stopped at negative curvature included.
     """
     x = tree.zeros_like(b)
     r = b
@@ -73,10 +85,14 @@ def conjugate_gradient(
     b_sq = rs
     threshold = (tol * tol) * b_sq
     running = torch.ones_like(rs, dtype=torch.bool)  # once stopped, stopped for good
+    lanczos: list[tuple[Tensor, Tensor, Tensor]] = []  # (entered, T[k, k], T[k, k + 1])
+    previous = torch.zeros_like(rs)  # β_{k−1}/α_{k−1}
     for _ in range(iters):
-        active = running & (rs > threshold)
+        entered = running & (rs > threshold)
         ap = matvec(p)
         pap = tree.dot(p, ap)
+        inv_alpha = pap / torch.clamp(rs, min=_TINY)
+        active = entered
         if stop_on_negative_curvature:
             active = active & (pap > 0)
         running = active
@@ -85,9 +101,11 @@ def conjugate_gradient(
         r = tree.axpy(-alpha, ap, r)
         rs_new = tree.dot(r, r)
         beta = torch.where(active, rs_new / torch.where(active, rs, torch.ones_like(rs)), 0.0)
+        lanczos.append((entered, inv_alpha + previous, torch.sqrt(beta) * inv_alpha))
+        previous = beta * inv_alpha
         p = tree.axpy(beta, p, r)
         rs = torch.where(active, rs_new, rs)
-    return Solution(x, _relative(rs, b_sq))
+    return Solution(x, _relative(rs, b_sq), _smallest_ritz_value(lanczos))
 
 
 def minres(matvec: MatVec, b: Params, iters: int, tol: float = 0.0) -> Solution:
@@ -97,7 +115,8 @@ def minres(matvec: MatVec, b: Params, iters: int, tol: float = 0.0) -> Solution:
     so the residual never grows (it is at most 1, where CG's can blow up on an indefinite
     system). ``iters`` matvecs; updates are masked out once ``‖r‖ ≤ tol·‖b‖`` or the Krylov
     space is exhausted. The residual returned is the recursively updated one (Lanczos with
-    Givens rotations), equal to ``‖b − Ax‖/‖b‖`` up to round-off.
+    Givens rotations), equal to ``‖b − Ax‖/‖b‖`` up to round-off; ``min_curvature`` is the
+    smallest eigenvalue of the Lanczos tridiagonal matrix (a Ritz value of ``A``).
     """
     beta1 = tree.norm(b)
     zero = torch.zeros_like(beta1)
@@ -111,6 +130,7 @@ def minres(matvec: MatVec, b: Params, iters: int, tol: float = 0.0) -> Solution:
     # The Krylov space is exhausted when the next Lanczos vector's norm falls to round-off.
     exhausted = torch.finfo(beta1.dtype).eps * beta1
     active = torch.ones_like(beta1, dtype=torch.bool)
+    lanczos: list[tuple[Tensor, Tensor, Tensor]] = []  # (active, T[k, k], T[k, k + 1])
     for k in range(iters):
         active = active & (phibar > threshold) & (beta > exhausted)  # once stopped, for good
         v = tree.scale(r, 1.0 / torch.where(active, beta, torch.ones_like(beta)))
@@ -121,6 +141,7 @@ def minres(matvec: MatVec, b: Params, iters: int, tol: float = 0.0) -> Solution:
         y = tree.axpy(-alpha / torch.where(active, beta, torch.ones_like(beta)), r, y)
         r_prev, r = r, y
         beta_prev, beta = beta, tree.norm(y)
+        lanczos.append((active, alpha, beta))
         # Apply the previous rotation to the new column of the tridiagonal matrix, then a new
         # rotation that annihilates its subdiagonal entry beta.
         eps_prev = eps
@@ -134,7 +155,22 @@ def minres(matvec: MatVec, b: Params, iters: int, tol: float = 0.0) -> Solution:
         w_prev, w = w, tree.scale(tree.axpy(-eps_prev, w_prev, tree.axpy(-delta, w, v)), 1 / gamma)
         x = tree.where(active, tree.axpy(phi, w, x), x)
         phibar = torch.where(active, sn * phibar, phibar)
-    return Solution(x, phibar / beta1.clamp(min=_TINY))
+    return Solution(x, phibar / beta1.clamp(min=_TINY), _smallest_ritz_value(lanczos))
+
+
+def _smallest_ritz_value(lanczos: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
+    """The smallest eigenvalue of the Lanczos matrix of the iterations that ran (NaN if none).
+
+    ``lanczos`` holds, per iteration, whether it ran and its diagonal and upper entries. The
+    iterations that did not run (a suffix) are decoupled, with the first diagonal entry on
+    their diagonal: no smaller than the smallest eigenvalue of the leading block.
+    """
+    active, diagonal, upper = (torch.stack(column) for column in zip(*lanczos, strict=True))
+    diagonal = torch.where(active, diagonal, diagonal[0])
+    upper = torch.where(active[1:], upper[:-1], 0.0)
+    t = torch.diag_embed(diagonal) + torch.diag_embed(upper, 1) + torch.diag_embed(upper, -1)
+    smallest = torch.linalg.eigvalsh(t)[0]
+    return torch.where(active[0], smallest, math.nan)
 
 
 def neumann_series(matvec: MatVec, b: Params, iters: int, alpha: float) -> Solution:
@@ -166,7 +202,8 @@ def dense_solve(matvec: MatVec, b: Params) -> Solution:
     a = dense_matrix(matvec, b)
     x = torch.linalg.solve(a, flat_b)
     r = a @ x - flat_b
-    return Solution(unflatten(x), _relative(r @ r, flat_b @ flat_b))
+    smallest = torch.linalg.eigvalsh((a + a.T) / 2)[0]
+    return Solution(unflatten(x), _relative(r @ r, flat_b @ flat_b), smallest)
 
 
 @dataclass(frozen=True)
