@@ -9,7 +9,16 @@ import torch
 from torch.func import vmap
 
 from imaml import tree
-from imaml.solvers import CG, MINRES, Dense, Neumann, conjugate_gradient, dense_matrix, minres
+from imaml.solvers import (
+    CG,
+    MINRES,
+    Dense,
+    Neumann,
+    conjugate_gradient,
+    dense_matrix,
+    minres,
+    smallest_tridiagonal_eigenvalue,
+)
 
 
 def spd(n: int, seed: int, cond: float = 10.0) -> torch.Tensor:
@@ -227,3 +236,14 @@ def test_min_curvature_ignores_iterations_after_a_stop():
         )
         assert torch.isnan(solver(matvec_of(a), as_tree(torch.zeros_like(b))).min_curvature)
     assert Neumann(3, 0.1)(matvec_of(a), as_tree(b)).min_curvature is None
+
+
+def test_smallest_tridiagonal_eigenvalue_matches_eigvalsh():
+    g = torch.Generator().manual_seed(0)
+    for k in range(1, 10):
+        diagonal = 3 * torch.randn(3, k, dtype=torch.float64, generator=g)
+        upper = torch.randn(3, k - 1, dtype=torch.float64, generator=g)
+        got = vmap(smallest_tridiagonal_eigenvalue)(diagonal, upper)
+        for i in range(3):
+            t = torch.diag(diagonal[i]) + torch.diag(upper[i], 1) + torch.diag(upper[i], -1)
+            torch.testing.assert_close(got[i], torch.linalg.eigvalsh(t)[0], rtol=0, atol=1e-9)
