@@ -137,17 +137,27 @@ def symmetric_indefinite(n: int, seed: int) -> torch.Tensor:
     return q @ torch.diag(eigenvalues) @ q.T
 
 
-def test_minres_minimizes_the_residual_over_the_krylov_space():
-    n = 9
+def indefinite_system(n: int = 9):
+    """``(A, b, matvec)`` of an n×n symmetric indefinite system."""
     a = symmetric_indefinite(n, 4)
     b = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-    matvec = lambda v: {"v": a @ v["v"]}  # noqa: E731
+    return a, b, lambda v: {"v": a @ v["v"]}
+
+
+def krylov_bases(a: torch.Tensor, b: torch.Tensor):
+    """``(k, Q_k)`` for k = 1 … n: an orthonormal basis of span{b, Ab, …, A^(k−1) b}."""
     krylov = [b]
+    for k in range(1, b.numel() + 1):
+        yield k, torch.linalg.qr(torch.stack(krylov, dim=1))[0]
+        krylov.append(a @ krylov[-1])
+
+
+def test_minres_minimizes_the_residual_over_the_krylov_space():
+    a, b, matvec = indefinite_system()
     previous = 1.0
-    for k in range(1, n + 1):
+    for k, basis in krylov_bases(a, b):
         x, residual, _ = minres(matvec, {"v": b}, k)
-        # The least-squares minimizer of ‖b − A x‖ over x in span{b, …, A^(k−1) b}.
-        basis, _ = torch.linalg.qr(torch.stack(krylov, dim=1))
+        # The least-squares minimizer of ‖b − A x‖ over x in the Krylov space.
         coef = torch.linalg.lstsq(a @ basis, b).solution
         best = torch.linalg.norm(a @ basis @ coef - b) / torch.linalg.norm(b)
         true = torch.linalg.norm(a @ x["v"] - b) / torch.linalg.norm(b)
@@ -155,14 +165,11 @@ def test_minres_minimizes_the_residual_over_the_krylov_space():
         torch.testing.assert_close(residual, true, rtol=1e-7, atol=1e-12)
         assert residual <= previous + 1e-12
         previous = residual
-        krylov.append(a @ krylov[-1])
     torch.testing.assert_close(x["v"], torch.linalg.solve(a, b), rtol=1e-8, atol=1e-10)
 
 
 def test_cg_residual_can_exceed_one_where_minres_cannot():
-    a = symmetric_indefinite(9, 4)
-    b = torch.randn(9, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-    matvec = lambda v: {"v": a @ v["v"]}  # noqa: E731
+    _, b, matvec = indefinite_system()
     cg = [float(conjugate_gradient(matvec, {"v": b}, k).residual) for k in range(1, 9)]
     mr = [float(minres(matvec, {"v": b}, k).residual) for k in range(1, 9)]
     assert max(cg) > 1.0 and max(mr) <= 1.0
@@ -209,18 +216,12 @@ def test_negative_curvature_stop_is_final():
 def test_min_curvature_is_the_smallest_ritz_value():
     # CG and MINRES build the same Krylov space, so both report the smallest eigenvalue of A
     # projected on it (Qᵀ A Q), which reaches λ_min(A) after n iterations; Dense is exact.
-    n = 9
-    a = symmetric_indefinite(n, 4)
-    b = torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
-    matvec = lambda v: {"v": a @ v["v"]}  # noqa: E731
-    krylov = [b]
-    for k in range(1, n + 1):
-        basis, _ = torch.linalg.qr(torch.stack(krylov, dim=1))
+    a, b, matvec = indefinite_system()
+    for k, basis in krylov_bases(a, b):
         ritz = torch.linalg.eigvalsh(basis.T @ a @ basis)[0]
         for solve in (conjugate_gradient, minres):
             got = solve(matvec, {"v": b}, k).min_curvature
             torch.testing.assert_close(got, ritz, rtol=1e-6, atol=1e-8)
-        krylov.append(a @ krylov[-1])
     exact = torch.linalg.eigvalsh(a)[0]
     assert exact < 0
     torch.testing.assert_close(ritz, exact)
