@@ -204,7 +204,7 @@ def test_python_dash_m_imaml_configs() -> None:
     assert [line.split()[0] for line in proc.stdout.splitlines()] == CONFIGS
 
 
-def test_plot_writes_a_png(tmp_path: Path, capsys: Any) -> None:
+def test_plot_and_summary_read_a_run_dir(tmp_path: Path, capsys: Any) -> None:
     pytest.importorskip("matplotlib")
     run_dir = tmp_path / "run"
     assert run(capsys, "train", "--run-dir", run_dir, "-q", *sets("eval.at_end=false"))[0] == 0
@@ -213,6 +213,15 @@ def test_plot_writes_a_png(tmp_path: Path, capsys: Any) -> None:
     assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, _, err = run(capsys, "plot", tmp_path / "elsewhere")
     assert_one_line_error(code, err, "holds no training records")
+
+    code, out, _ = run(capsys, "summary", run_dir)
+    assert code == 0 and out.splitlines()[1].startswith("meta-steps: 4 of 4, ")
+    code, out, _ = run(capsys, "summary", run_dir, "--json")
+    summary = json.loads(out)
+    assert code == 0 and summary["step"] == 4 and summary["train_seconds"] > 0
+    assert [v["step"] for v in summary["validation"]] == [2, 4]
+    code, _, err = run(capsys, "summary", tmp_path)
+    assert_one_line_error(code, err, "is not a run directory")
 
 
 def test_bench_is_forwarded(capsys: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,4 +1,4 @@
-"""The ``imaml`` command: ``train``, ``eval``, ``configs``, ``plot`` and ``bench``.
+"""The ``imaml`` command: ``train``, ``eval``, ``summary``, ``configs``, ``plot`` and ``bench``.
 
 Every user error ends with a one-line ``imaml: error: ...`` on stderr and exit status 1
 (2 for bad command-line syntax, 130 for Ctrl-C); progress goes to stderr, results to stdout.
@@ -25,17 +25,21 @@ from imaml.training import (
     EVAL_SEED,
     DataSource,
     Interrupted,
+    SummaryError,
     TrainingError,
     TrainResult,
     evaluate_checkpoint,
     resume_config,
+    summarize_run,
     train,
 )
 from imaml.training.components import adaptation_lam
 
 DEFAULT_CONFIG = "sinusoid"
 
-USER_ERRORS = (ConfigError, DatasetError, CheckpointError, TrainingError, PlotError, OSError)
+USER_ERRORS = (
+    ConfigError, DatasetError, CheckpointError, TrainingError, PlotError, SummaryError, OSError,
+)  # fmt: skip
 """Errors reported as one line, without a traceback (OSError: disk full, no permission...)."""
 
 
@@ -122,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_machine_options(p)
     p.set_defaults(func=_eval)
+
+    p = commands.add_parser(
+        "summary", help="how far a run got and how it validated", description=_summary.__doc__
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", type=Path)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_summary)
 
     p = commands.add_parser(
         "configs", help="list the bundled configs", description=_configs.__doc__
@@ -227,6 +238,13 @@ def _eval(args: argparse.Namespace) -> int:
         print(
             f"{out.path} (step {out.step}), {data.dataset}{shape}, {r.tasks} {out.split} tasks: {r}"
         )
+    return 0
+
+
+def _summary(args: argparse.Namespace) -> int:
+    """Meta-steps done, their wall-clock time and the validation history of a run directory."""
+    summary = summarize_run(args.run_dir)
+    print(json.dumps(summary.to_dict()) if args.json else summary)
     return 0
 
 

@@ -1,7 +1,8 @@
 """Meta-training and meta-testing from a :class:`~imaml.config.Config`.
 
 :func:`train` runs the loop into a run directory; :func:`evaluate_checkpoint` meta-tests a
-checkpoint. The pieces (:mod:`~imaml.training.components`, :mod:`~imaml.training.step`,
+checkpoint; :func:`summarize_run` reads how far a run got and how it validated. The pieces
+(:mod:`~imaml.training.components`, :mod:`~imaml.training.step`,
 :mod:`~imaml.training.evaluation`) are usable on their own, e.g. in a notebook.
 """
 
@@ -25,6 +26,7 @@ from imaml.training.loop import (
 )
 from imaml.training.rundir import RunDir, resolve_checkpoint
 from imaml.training.step import GradientFn, make_gradient_fn, sample_shard
+from imaml.training.summary import RunSummary, SummaryError, summarize_run
 
 __all__ = [
     "EVAL_SEED",
@@ -37,6 +39,8 @@ __all__ = [
     "Interrupted",
     "Problem",
     "RunDir",
+    "RunSummary",
+    "SummaryError",
     "TrainResult",
     "Trainer",
     "TrainingError",
@@ -48,5 +52,6 @@ __all__ = [
     "resolve_checkpoint",
     "resume_config",
     "sample_shard",
+    "summarize_run",
     "train",
 ]

@@ -1,0 +1,115 @@
+"""How far a run got, how long its meta-steps took and how it validated, read from its run dir.
+
+Everything comes from ``config.toml`` and ``metrics.jsonl``, so it works on a run in progress,
+a finished one, or a copy committed elsewhere, without loading a model or any data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from imaml.config import parse_config
+from imaml.training.evaluation import EvalResult
+from imaml.training.rundir import RunDir
+
+
+class SummaryError(ValueError):
+    """The run directory has no config or no training records to summarize."""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run's metrics say.
+
+    Attributes:
+        path: the run directory.
+        description: the config's ``description``.
+        step: the last meta-step logged.
+        meta_steps: the config's ``train.meta_steps`` (where the run stops).
+        train_seconds: wall-clock time spent in meta-steps, the sum over the logged windows of
+            ``sec_per_step`` × the steps in the window (validation and checkpoint writes
+            excluded); exact when ``train.checkpoint_every`` is a multiple of ``log_every``.
+        validation: ``(step, result)`` of each validation, in order.
+        best_step: the step of the params in ``best.pt`` (``None`` before any validation).
+        final: ``(name, result)`` of the end-of-training evaluations (``eval.at_end``).
+    """
+
+    path: Path
+    description: str
+    step: int
+    meta_steps: int
+    train_seconds: float
+    validation: tuple[tuple[int, EvalResult], ...]
+    best_step: int | None
+    final: tuple[tuple[str, EvalResult], ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict; each result as :meth:`EvalResult.to_dict` plus its step or name."""
+        return {
+            "path": str(self.path),
+            "description": self.description,
+            "step": self.step,
+            "meta_steps": self.meta_steps,
+            "train_seconds": self.train_seconds,
+            "validation": [{"step": s, **r.to_dict()} for s, r in self.validation],
+            "best_step": self.best_step,
+            "final": [{"params": name, **r.to_dict()} for name, r in self.final],
+        }
+
+    def __str__(self) -> str:
+        per_step = self.train_seconds / self.step
+        lines = [
+            f"{self.path}: {self.description}".rstrip(": "),
+            f"meta-steps: {self.step:,} of {self.meta_steps:,}, "
+            f"{self.train_seconds / 3600:.2f} h of meta-steps ({per_step:.2f} s per step)",
+        ]
+        if self.validation:
+            lines.append(f"validation ({self.validation[-1][1].tasks} tasks):")
+            for step, result in self.validation:
+                mark = " (best.pt)" if step == self.best_step else ""
+                lines.append(f"  step {step:>7,}  {result}{mark}")
+        for name, result in self.final:
+            lines.append(f"final, {name} params ({result.tasks} tasks): {result}")
+        return "\n".join(lines)
+
+
+def _eval_result(record: dict[str, Any]) -> EvalResult:
+    """The :class:`EvalResult` of a validation or test record of ``metrics.jsonl``."""
+    known = {"step", "split", "ci95", "loss", "tasks", "best", "params"}
+    (metric,) = (key for key in record if key not in known)
+    return EvalResult(metric, record[metric], record["ci95"], record["loss"], record["tasks"])
+
+
+def summarize_run(run_dir: str | Path) -> RunSummary:
+    """Summarize the run in ``run_dir`` from its ``config.toml`` and ``metrics.jsonl``.
+
+    Raises:
+        SummaryError: ``run_dir`` has no ``config.toml`` or no training records yet.
+    """
+    run = RunDir(Path(run_dir))
+    if not run.config.is_file():
+        raise SummaryError(f"{run.path} is not a run directory: it has no config.toml")
+    config = parse_config(run.config.read_text(encoding="utf-8"), source=str(run.config))
+    records = run.read_metrics()
+    train = [r for r in records if r.get("split") == "train"]
+    if not train:
+        raise SummaryError(f"{run.metrics} holds no training records yet")
+    seconds, previous = 0.0, 0
+    for record in train:
+        seconds += record["sec_per_step"] * (record["step"] - previous)
+        previous = record["step"]
+    validation = tuple((r["step"], _eval_result(r)) for r in records if r.get("split") == "val")
+    best = [r["step"] for r in records if r.get("split") == "val" and r.get("best")]
+    final = tuple((r["params"], _eval_result(r)) for r in records if "params" in r)
+    return RunSummary(
+        path=run.path,
+        description=config.description,
+        step=train[-1]["step"],
+        meta_steps=config.train.meta_steps,
+        train_seconds=seconds,
+        validation=validation,
+        best_step=best[-1] if best else None,
+        final=final,
+    )
