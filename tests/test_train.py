@@ -18,7 +18,9 @@ from imaml.training import (
     Adaptation,
     DataSource,
     Diverged,
+    EvalResult,
     Interrupted,
+    SummaryError,
     TrainingError,
     build_problem,
     build_sampler,
@@ -26,6 +28,7 @@ from imaml.training import (
     make_gradient_fn,
     resume_config,
     sample_shard,
+    summarize_run,
     train,
 )
 from imaml.training import loop as loop_module
@@ -245,3 +248,77 @@ def test_held_out_sinusoid_tasks_differ_from_training_tasks() -> None:
     for split in ("val", "test"):
         held_out = build_sampler(config, split, SOURCE, seed=0).sample_tasks(range(4))
         assert not torch.equal(train_tasks.xs, held_out.xs)
+
+
+# -- summarize_run: steps, meta-step time and validation history read back from a run dir --
+
+
+def records_of(run: Path, split: str) -> list[dict]:
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["split"] == split]
+
+
+def test_summary_of_a_finished_run_matches_its_records(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    result = train(tiny("eval.at_end=true"), run, SOURCE, quiet=True)
+    summary = summarize_run(run)
+    assert (summary.step, summary.meta_steps) == (6, 6)
+    # Three logged windows of 2 steps each.
+    expected = sum(2 * r["sec_per_step"] for r in records_of(run, "train"))
+    assert summary.train_seconds == pytest.approx(expected, rel=1e-12)
+    val = records_of(run, "val")
+    assert [s for s, _ in summary.validation] == [3, 6]
+    assert [r.mean for _, r in summary.validation] == [r["mse"] for r in val]
+    assert summary.best_step == result.best[0]
+    assert [name for name, _ in summary.final] == ["meta-learned", "initial"]
+    assert summary.final[0][1] == result.final and summary.final[1][1] == result.baseline
+    assert json.loads(json.dumps(summary.to_dict()))["validation"][0]["step"] == 3
+
+
+def test_summary_of_a_resumed_run_counts_each_step_once(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    train(tiny("train.meta_steps=4"), run, SOURCE, quiet=True)
+    assert summarize_run(run).step == 4
+    train(resume_config(run, ["train.meta_steps=6"]), run, SOURCE, resume=True, quiet=True)
+    summary = summarize_run(run)
+    assert summary.step == 6 and [s for s, _ in summary.validation] == [3, 4, 6]
+    expected = sum(2 * r["sec_per_step"] for r in records_of(run, "train"))
+    assert summary.train_seconds == pytest.approx(expected, rel=1e-12)
+
+
+def write_run(run: Path, metrics: list[dict]) -> None:
+    run.mkdir()
+    config = load_config("omniglot-5w1s", ["train.meta_steps=25"])[1]
+    (run / "config.toml").write_text(config.to_toml())
+    (run / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+
+
+def test_summary_weights_each_window_by_its_steps(tmp_path: Path) -> None:
+    val = {"split": "val", "ci95": 0.01, "loss": 0.3, "tasks": 200}
+    write_run(
+        tmp_path / "run",
+        [
+            {"step": 10, "split": "train", "sec_per_step": 2.0},
+            {"step": 10, "accuracy": 0.90, "best": True, **val},
+            {"step": 20, "split": "train", "sec_per_step": 3.0},
+            {"step": 20, "accuracy": 0.95, "best": True, **val},
+            {"step": 25, "split": "train", "sec_per_step": 4.0},  # the last, shorter window
+            {"step": 25, "accuracy": 0.93, "best": False, **val},
+        ],
+    )
+    summary = summarize_run(tmp_path / "run")
+    assert summary.train_seconds == 10 * 2.0 + 10 * 3.0 + 5 * 4.0
+    assert summary.validation[1] == (20, EvalResult("accuracy", 0.95, 0.01, 0.3, 200))
+    assert summary.best_step == 20 and summary.final == ()
+    text = str(summary).splitlines()
+    assert text[1] == "meta-steps: 25 of 25, 0.02 h of meta-steps (2.80 s per step)"
+    assert [line.endswith("(best.pt)") for line in text[3:]] == [False, True, False]
+    assert "accuracy 95.00% ± 1.00%" in text[4]
+
+
+def test_summary_errors_name_what_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(SummaryError, match=r"no config\.toml"):
+        summarize_run(tmp_path)
+    write_run(tmp_path / "run", [])
+    with pytest.raises(SummaryError, match="no training records yet"):
+        summarize_run(tmp_path / "run")
