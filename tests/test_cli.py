@@ -220,6 +220,9 @@ def test_plot_and_summary_read_a_run_dir(tmp_path: Path, capsys: Any) -> None:
     summary = json.loads(out)
     assert code == 0 and summary["step"] == 4 and summary["train_seconds"] > 0
     assert [v["step"] for v in summary["validation"]] == [2, 4]
+    code, out, _ = run(capsys, "summary", run_dir, "--until", "2", "--recent", "1", "--json")
+    then = json.loads(out)
+    assert code == 0 and then["step"] == 2 and then["recent"]["meta_loss"] > 0
     code, _, err = run(capsys, "summary", tmp_path)
     assert_one_line_error(code, err, "is not a run directory")
 

@@ -298,11 +298,12 @@ def test_summary_weights_each_window_by_its_steps(tmp_path: Path) -> None:
     write_run(
         tmp_path / "run",
         [
-            {"step": 10, "split": "train", "sec_per_step": 2.0},
+            {"step": 10, "split": "train", "sec_per_step": 2.0, "residual": 0.5},
             {"step": 10, "accuracy": 0.90, "best": True, **val},
-            {"step": 20, "split": "train", "sec_per_step": 3.0},
+            {"step": 20, "split": "train", "sec_per_step": 3.0, "residual": 0.25},
             {"step": 20, "accuracy": 0.95, "best": True, **val},
-            {"step": 25, "split": "train", "sec_per_step": 4.0},  # the last, shorter window
+            # The last, shorter window; a diagnostic that older records lack.
+            {"step": 25, "split": "train", "sec_per_step": 4.0, "residual": 0.0, "curv": -1.0},
             {"step": 25, "accuracy": 0.93, "best": False, **val},
         ],
     )
@@ -310,10 +311,18 @@ def test_summary_weights_each_window_by_its_steps(tmp_path: Path) -> None:
     assert summary.train_seconds == 10 * 2.0 + 10 * 3.0 + 5 * 4.0
     assert summary.validation[1] == (20, EvalResult("accuracy", 0.95, 0.01, 0.3, 200))
     assert summary.best_step == 20 and summary.final == ()
+    # Records at steps 10, 20, 25 lie in the last 250 steps; "curv" only in the last.
+    assert summary.recent == {"residual": 0.25, "curv": -1.0}
     text = str(summary).splitlines()
     assert text[1] == "meta-steps: 25 of 25, 0.02 h of meta-steps (2.80 s per step)"
-    assert [line.endswith("(best.pt)") for line in text[3:]] == [False, True, False]
-    assert "accuracy 95.00% ± 1.00%" in text[4]
+    assert text[2] == "steps 1-25 (mean): residual 0.25, curv -1"
+    assert [line.endswith("(best)") for line in text[4:]] == [False, True, False]
+    assert "accuracy 95.00% ± 1.00%" in text[5]
+    # The run as it stood at step 20, diagnostics over its last 10 steps.
+    then = summarize_run(tmp_path / "run", recent_steps=10, until=24)
+    assert (then.step, then.train_seconds, then.best_step) == (20, 10 * 2.0 + 10 * 3.0, 20)
+    assert [s for s, _ in then.validation] == [10, 20] and then.recent == {"residual": 0.25}
+    assert str(then).splitlines()[2] == "steps 11-20 (mean): residual 0.25"
 
 
 def test_summary_errors_name_what_is_missing(tmp_path: Path) -> None:
@@ -322,3 +331,5 @@ def test_summary_errors_name_what_is_missing(tmp_path: Path) -> None:
     write_run(tmp_path / "run", [])
     with pytest.raises(SummaryError, match="no training records yet"):
         summarize_run(tmp_path / "run")
+    with pytest.raises(SummaryError, match="must be positive"):
+        summarize_run(tmp_path / "run", recent_steps=0)

@@ -131,6 +131,11 @@ def build_parser() -> argparse.ArgumentParser:
         "summary", help="how far a run got and how it validated", description=_summary.__doc__
     )
     p.add_argument("run_dir", metavar="RUN_DIR", type=Path)
+    p.add_argument(
+        "--recent", type=int, default=250, metavar="N",
+        help="average the training diagnostics over the last N steps (default: %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--until", type=int, metavar="STEP", help="the run as it stood at STEP")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_summary)
 
@@ -243,7 +248,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _summary(args: argparse.Namespace) -> int:
     """Meta-steps done, their wall-clock time and the validation history of a run directory."""
-    summary = summarize_run(args.run_dir)
+    summary = summarize_run(args.run_dir, args.recent, args.until)
     print(json.dumps(summary.to_dict()) if args.json else summary)
     return 0
 

@@ -34,6 +34,10 @@ class RunSummary:
         validation: ``(step, result)`` of each validation, in order.
         best_step: the step of the params in ``best.pt`` (``None`` before any validation).
         final: ``(name, result)`` of the end-of-training evaluations (``eval.at_end``).
+        recent: the mean of each training diagnostic (meta-loss, query accuracy, support loss,
+            inner gradient norm, solver residual and curvature...) over the records logged in
+            the last ``recent_steps`` steps up to ``step``.
+        recent_steps: the length of that window.
     """
 
     path: Path
@@ -44,6 +48,8 @@ class RunSummary:
     validation: tuple[tuple[int, EvalResult], ...]
     best_step: int | None
     final: tuple[tuple[str, EvalResult], ...]
+    recent: dict[str, float]
+    recent_steps: int
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict; each result as :meth:`EvalResult.to_dict` plus its step or name."""
@@ -56,6 +62,8 @@ class RunSummary:
             "validation": [{"step": s, **r.to_dict()} for s, r in self.validation],
             "best_step": self.best_step,
             "final": [{"params": name, **r.to_dict()} for name, r in self.final],
+            "recent": self.recent,
+            "recent_steps": self.recent_steps,
         }
 
     def __str__(self) -> str:
@@ -64,11 +72,13 @@ class RunSummary:
             f"{self.path}: {self.description}".rstrip(": "),
             f"meta-steps: {self.step:,} of {self.meta_steps:,}, "
             f"{self.train_seconds / 3600:.2f} h of meta-steps ({per_step:.2f} s per step)",
+            f"steps {max(self.step - self.recent_steps, 0) + 1:,}-{self.step:,} (mean): "
+            + ", ".join(f"{key} {value:.4g}" for key, value in self.recent.items()),
         ]
         if self.validation:
             lines.append(f"validation ({self.validation[-1][1].tasks} tasks):")
             for step, result in self.validation:
-                mark = " (best.pt)" if step == self.best_step else ""
+                mark = " (best)" if step == self.best_step else ""
                 lines.append(f"  step {step:>7,}  {result}{mark}")
         for name, result in self.final:
             lines.append(f"final, {name} params ({result.tasks} tasks): {result}")
@@ -82,20 +92,32 @@ def _eval_result(record: dict[str, Any]) -> EvalResult:
     return EvalResult(metric, record[metric], record["ci95"], record["loss"], record["tasks"])
 
 
-def summarize_run(run_dir: str | Path) -> RunSummary:
+_NOT_DIAGNOSTICS = {"step", "split", "sec_per_step", "tasks_per_sec"}
+
+
+def summarize_run(
+    run_dir: str | Path, recent_steps: int = 250, until: int | None = None
+) -> RunSummary:
     """Summarize the run in ``run_dir`` from its ``config.toml`` and ``metrics.jsonl``.
 
+    ``until`` summarizes the run as it stood at that step (records after it are ignored);
+    ``recent_steps`` is the window of :attr:`RunSummary.recent`.
+
     Raises:
-        SummaryError: ``run_dir`` has no ``config.toml`` or no training records yet.
+        SummaryError: ``run_dir`` has no ``config.toml`` or no training records (up to
+            ``until``); ``recent_steps`` is not positive.
     """
+    if recent_steps < 1:
+        raise SummaryError(f"the window of recent steps must be positive, got {recent_steps}")
     run = RunDir(Path(run_dir))
     if not run.config.is_file():
         raise SummaryError(f"{run.path} is not a run directory: it has no config.toml")
     config = parse_config(run.config.read_text(encoding="utf-8"), source=str(run.config))
-    records = run.read_metrics()
+    records = [r for r in run.read_metrics() if until is None or r["step"] <= until]
     train = [r for r in records if r.get("split") == "train"]
     if not train:
-        raise SummaryError(f"{run.metrics} holds no training records yet")
+        upto = "" if until is None else f" up to step {until}"
+        raise SummaryError(f"{run.metrics} holds no training records{upto} yet")
     seconds, previous = 0.0, 0
     for record in train:
         seconds += record["sec_per_step"] * (record["step"] - previous)
@@ -103,13 +125,19 @@ def summarize_run(run_dir: str | Path) -> RunSummary:
     validation = tuple((r["step"], _eval_result(r)) for r in records if r.get("split") == "val")
     best = [r["step"] for r in records if r.get("split") == "val" and r.get("best")]
     final = tuple((r["params"], _eval_result(r)) for r in records if "params" in r)
+    step = train[-1]["step"]
+    window = [r for r in train if r["step"] > step - recent_steps]
+    keys = [k for k in window[-1] if k not in _NOT_DIAGNOSTICS]
+    recent = {k: sum(r[k] for r in window if k in r) / sum(k in r for r in window) for k in keys}
     return RunSummary(
         path=run.path,
         description=config.description,
-        step=train[-1]["step"],
+        step=step,
         meta_steps=config.train.meta_steps,
         train_seconds=seconds,
         validation=validation,
         best_step=best[-1] if best else None,
         final=final,
+        recent=recent,
+        recent_steps=recent_steps,
     )
