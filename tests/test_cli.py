@@ -193,7 +193,7 @@ def test_configs_lists_every_bundled_config(capsys: Any) -> None:
     assert names == CONFIGS
     assert all(len(line.split(maxsplit=1)) == 2 for line in out.splitlines())
     code, out, _ = run(capsys, "configs", "omniglot-5w1s")
-    assert code == 0 and "lam = 2.0" in out and "# " in out
+    assert code == 0 and "lam = 0.5" in out and "# " in out
 
 
 def test_python_dash_m_imaml_configs() -> None:

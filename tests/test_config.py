@@ -47,7 +47,9 @@ def test_bundled_config_parses_and_builds_its_model(name: str) -> None:
 @pytest.mark.parametrize("name", [n for n in BUNDLED if n.startswith("omniglot")])
 def test_omniglot_configs_follow_table_2(name: str) -> None:
     _, config = load_config(name)
-    assert (config.algorithm, config.imaml.lam, config.imaml.solver_iters) == ("imaml", 2.0, 5)
+    # lam 0.5 where the paper's 2.0 was measured to fail (README, Omniglot); others: paper's.
+    lam = 0.5 if name == "omniglot-5w1s" else 2.0
+    assert (config.algorithm, config.imaml.lam, config.imaml.solver_iters) == ("imaml", lam, 5)
     # MINRES, not the paper's CG: I + H/lam is indefinite for this network (README, Omniglot).
     assert config.imaml.solver == "minres"
     assert (config.train.outer_optimizer, config.train.outer_lr) == ("adam", 1e-3)
