@@ -122,6 +122,25 @@ def test_train_and_eval_on_real_omniglot(
     assert 0 <= result["accuracy"] <= 1 and result["ci95"] >= 0
 
 
+PUBLISHED = Path(__file__).parents[1] / "checkpoints" / "omniglot-5w1s-imaml.pt"
+
+
+def test_the_published_omniglot_model_still_loads_and_scores(
+    capsys: Any, omniglot_root: Path, cache_dir: Path
+) -> None:
+    """checkpoints/omniglot-5w1s-imaml.pt (95.0 % on 600 test tasks, README) on 100 of them.
+
+    Catches a change of the model, the data pipeline or the checkpoint format that would make
+    the published number unreproducible.
+    """
+    machine = ["--data-dir", omniglot_root, "--cache-dir", cache_dir]
+    code, out, err = run(capsys, "eval", PUBLISHED, "--tasks", "100", "--json", *machine)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["split"] == "test" and result["algorithm"] == "imaml"
+    assert result["accuracy"] > 0.92, result  # 0.95 ± 0.004 on 600 tasks: room for 100
+
+
 def test_ctrl_c_saves_and_the_run_resumes(
     tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
