@@ -20,6 +20,7 @@ from imaml.training import (
     Diverged,
     EvalResult,
     Interrupted,
+    RunDir,
     SummaryError,
     TrainingError,
     build_problem,
@@ -64,8 +65,7 @@ def assert_same_state(a: dict[str, Any], b: dict[str, Any]) -> None:
 
 def logged(run: Path) -> list[tuple[int, str, float | None]]:
     """(step, split, validation/test metric) of each metrics.jsonl record."""
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [(r["step"], r["split"], r.get("mse")) for r in map(json.loads, lines)]
+    return [(r["step"], r["split"], r.get("mse")) for r in RunDir(run).read_metrics()]
 
 
 def test_a_run_directory_holds_config_metrics_and_checkpoints(tmp_path: Path) -> None:
@@ -254,8 +254,7 @@ def test_held_out_sinusoid_tasks_differ_from_training_tasks() -> None:
 
 
 def records_of(run: Path, split: str) -> list[dict]:
-    lines = (run / "metrics.jsonl").read_text().splitlines()
-    return [r for r in map(json.loads, lines) if r["split"] == split]
+    return [r for r in RunDir(run).read_metrics() if r["split"] == split]
 
 
 def test_summary_of_a_finished_run_matches_its_records(tmp_path: Path) -> None:

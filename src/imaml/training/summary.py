@@ -29,8 +29,10 @@ class RunSummary:
         step: the last meta-step logged.
         meta_steps: the config's ``train.meta_steps`` (where the run stops).
         train_seconds: wall-clock time spent in meta-steps, the sum over the logged windows of
-            ``sec_per_step`` × the steps in the window (validation and checkpoint writes
-            excluded); exact when ``train.checkpoint_every`` is a multiple of ``log_every``.
+            ``sec_per_step`` × the steps since the previous record (validation and checkpoint
+            writes excluded). Exact when every resume starts at a logged step; after a resume
+            from a Ctrl-C checkpoint between two log steps, the unlogged steps before the
+            checkpoint are timed at the rate of the window logged after it.
         validation: ``(step, result)`` of each validation, in order.
         best_step: the step of the params in ``best.pt`` (``None`` before any validation).
         final: ``(name, result)`` of the end-of-training evaluations (``eval.at_end``).
