@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ import pytest
 
 from imaml import checkpoint
 from imaml.cli import main
+from imaml.training import RunDir
 from imaml.training import loop as loop_module
 
 TINY = [
@@ -161,7 +164,9 @@ def test_ctrl_c_saves_and_the_run_resumes(
     run_dir = tmp_path / "run"
     code, _, err = run(capsys, "train", "--run-dir", run_dir, "-q", *sets())
     assert code == 130
-    assert f"interrupted after step 2; checkpoint saved to {run_dir / 'checkpoint.pt'}" in err
+    assert (
+        f"interrupted (SIGINT) after step 2; checkpoint saved to {run_dir / 'checkpoint.pt'}" in err
+    )
     assert f"resume with: imaml train --resume --run-dir {run_dir}" in err
     monkeypatch.setattr(loop_module, "make_gradient_fn", real)
 
@@ -169,6 +174,34 @@ def test_ctrl_c_saves_and_the_run_resumes(
     assert code == 0, err
     assert "trained to step 4" in out
     assert checkpoint.load(run_dir / "checkpoint.pt")["step"] == 4
+
+
+def test_sigterm_stops_a_background_run_with_a_checkpoint(tmp_path: Path) -> None:
+    """``kill PID`` (or a scheduler) stops ``imaml train`` like Ctrl-C, also in a process that
+    ignores SIGINT as one started with ``&`` from a script does."""
+    run_dir = tmp_path / "run"
+    never = ["train.meta_steps=1000000", "train.checkpoint_every=1000000", "train.val_every=0"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imaml", "train", "--run-dir", str(run_dir), "-q", *sets(*never)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while len(RunDir(run_dir).read_metrics()) < 3 and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[1]
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    step = checkpoint.load(run_dir / "checkpoint.pt")["step"]
+    assert step >= 3
+    assert f"interrupted (SIGTERM) after step {step}; checkpoint saved to" in err
+    assert f"resume with: imaml train --resume --run-dir {run_dir}" in err
 
 
 def test_bad_config_keys_and_values(tmp_path: Path, capsys: Any) -> None:

@@ -1,9 +1,11 @@
-"""The training loop as a library: run directory, resume, divergence, Ctrl-C, checkpoints."""
+"""The training loop as a library: run directory, resume, divergence, signals, checkpoints."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -92,29 +94,33 @@ def test_a_run_directory_holds_config_metrics_and_checkpoints(tmp_path: Path) ->
     assert result.final.metric == "mse" and math.isfinite(result.final.mean)
 
 
-def test_interrupt_saves_and_resume_equals_an_uninterrupted_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_saves_and_resume_equals_an_uninterrupted_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int
 ) -> None:
     train(tiny(), tmp_path / "straight", SOURCE, quiet=True)
 
     real = loop_module.make_gradient_fn
 
-    def interrupted_at_step_4(config: Config, problem: Any) -> Any:
+    def signalled_at_step_4(config: Config, problem: Any) -> Any:
         fn, calls = real(config, problem), []
 
         def wrapped(params: Any, tasks: Any) -> Any:
             calls.append(1)
-            if len(calls) == 4:
-                raise KeyboardInterrupt
+            if len(calls) == 4:  # in the middle of computing step 4's meta-gradient
+                os.kill(os.getpid(), signum)
             return fn(params, tasks)
 
         return wrapped
 
-    monkeypatch.setattr(loop_module, "make_gradient_fn", interrupted_at_step_4)
+    monkeypatch.setattr(loop_module, "make_gradient_fn", signalled_at_step_4)
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with pytest.raises(Interrupted) as err:
         train(tiny(), tmp_path / "resumed", SOURCE, quiet=True)
-    assert err.value.step == 3
+    assert err.value.step == 3 and err.value.signum == signum
+    assert f"interrupted ({signal.Signals(signum).name}) after step 3" in str(err.value)
     assert checkpoint.load(tmp_path / "resumed" / "checkpoint.pt")["step"] == 3
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == handlers
     monkeypatch.setattr(loop_module, "make_gradient_fn", real)
 
     train(
@@ -126,6 +132,50 @@ def test_interrupt_saves_and_resume_equals_an_uninterrupted_run(
     )
     # The log of the resumed run has the records of an uninterrupted one, none twice.
     assert logged(tmp_path / "straight") == logged(tmp_path / "resumed")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_during_an_update_waits_for_the_update_to_finish(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, signum: int
+) -> None:
+    train(tiny("train.meta_steps=4"), tmp_path / "straight", SOURCE, quiet=True)
+
+    real, calls = loop_module.apply_gradients, []
+
+    def signalled_in_update_4(optimizer: Any, params: Any, grads: Any) -> None:
+        calls.append(1)
+        if len(calls) == 4:  # half-applied updates would corrupt params and Adam's moments
+            os.kill(os.getpid(), signum)
+        real(optimizer, params, grads)
+
+    monkeypatch.setattr(loop_module, "apply_gradients", signalled_in_update_4)
+    with pytest.raises(Interrupted) as err:
+        train(tiny(), tmp_path / "signalled", SOURCE, quiet=True)
+    assert err.value.step == 4 and err.value.signum == signum
+    assert_same_state(
+        checkpoint.load(tmp_path / "straight" / "checkpoint.pt"),
+        checkpoint.load(tmp_path / "signalled" / "checkpoint.pt"),
+    )
+
+
+def test_an_ignored_sigint_stays_ignored_during_updates(tmp_path: Path) -> None:
+    """A run started with ``&`` from a script ignores SIGINT: deferring must not undo that."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        real, calls = loop_module.apply_gradients, []
+
+        def signalled(optimizer: Any, params: Any, grads: Any) -> None:
+            calls.append(1)
+            os.kill(os.getpid(), signal.SIGINT)
+            real(optimizer, params, grads)
+
+        with pytest.MonkeyPatch.context() as m:
+            m.setattr(loop_module, "apply_gradients", signalled)
+            result = train(tiny("eval.at_end=false"), tmp_path / "run", SOURCE, quiet=True)
+        assert result.steps == 6 and len(calls) == 6
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def test_resume_can_extend_a_finished_run(tmp_path: Path) -> None:

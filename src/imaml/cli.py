@@ -1,7 +1,8 @@
 """The ``imaml`` command: ``train``, ``eval``, ``summary``, ``configs``, ``plot`` and ``bench``.
 
 Every user error ends with a one-line ``imaml: error: ...`` on stderr and exit status 1
-(2 for bad command-line syntax, 130 for Ctrl-C); progress goes to stderr, results to stdout.
+(2 for bad command-line syntax, 130 for Ctrl-C, 143 for SIGTERM); progress goes to stderr,
+results to stdout.
 """
 
 from __future__ import annotations
@@ -299,7 +300,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"imaml: {err}; resume with: imaml train --resume --run-dir {run_dir}",
             file=sys.stderr,
         )
-        return 130
+        return 128 + err.signum
     except KeyboardInterrupt:
         print("imaml: interrupted", file=sys.stderr)
         return 130

@@ -1,4 +1,5 @@
-"""The meta-training loop: logging, validation, checkpoints, resumption, divergence, Ctrl-C."""
+"""The meta-training loop: logging, validation, checkpoints, resumption, divergence, Ctrl-C
+and SIGTERM."""
 
 from __future__ import annotations
 
@@ -49,12 +50,17 @@ class Diverged(TrainingError):
 
 
 class Interrupted(Exception):
-    """Training was interrupted (Ctrl-C) after ``step`` steps, all saved in ``checkpoint``."""
+    """Training was stopped by ``signum`` (SIGINT: Ctrl-C; SIGTERM: ``kill`` or a scheduler)
+    after ``step`` steps, all saved in ``checkpoint``."""
 
-    def __init__(self, step: int, checkpoint_path: Path) -> None:
-        super().__init__(f"interrupted after step {step}; checkpoint saved to {checkpoint_path}")
+    def __init__(self, step: int, checkpoint_path: Path, signum: int = signal.SIGINT) -> None:
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"interrupted ({name}) after step {step}; checkpoint saved to {checkpoint_path}"
+        )
         self.step = step
         self.checkpoint = checkpoint_path
+        self.signum = signum
 
 
 @dataclass(frozen=True)
@@ -70,20 +76,53 @@ class TrainResult:
     baseline: EvalResult | None = None
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread where Ctrl-C raises KeyboardInterrupt."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
 @contextlib.contextmanager
-def _sigint_deferred() -> Iterator[None]:
-    """Hold Ctrl-C until the block ends, so that an update is applied whole or not at all."""
-    if threading.current_thread() is not threading.main_thread():
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Let SIGTERM stop the block like Ctrl-C does, so that ``kill`` or a scheduler's notice
+    before SIGKILL (SLURM, Kubernetes) leaves a checkpoint of the last step."""
+    if not _in_main_thread():
         yield
         return
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-        if received and previous is signal.default_int_handler:
-            raise KeyboardInterrupt
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM until the block ends, so that an update is applied whole or
+    not at all; then raise them again for the handlers that were in place (none if ignored)."""
+    if not _in_main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = {
+        signum: signal.signal(signum, lambda signum, frame: received.append(signum))
+        for signum in (signal.SIGINT, signal.SIGTERM)
+        if signal.getsignal(signum) is not None  # None: a handler not set from Python
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum in dict.fromkeys(received):
+            if previous[signum] is not signal.SIG_IGN:
+                signal.raise_signal(signum)
 
 
 class _Window:
@@ -271,7 +310,7 @@ class Trainer:
         meta_loss = info.get("query_loss", info["support_loss"]).mean()
         if not all_finite(meta_loss, grads):
             raise Diverged(self.step + 1, self.saved_step, self.run.checkpoint)
-        with _sigint_deferred():
+        with _signals_deferred():
             apply_gradients(self.optimizer, self.params, grads)
             self.step += 1
         return meta_loss, info
@@ -365,7 +404,8 @@ def train(
     Raises:
         TrainingError: the run directory conflicts with ``resume`` (:class:`Diverged`: a
             non-finite meta-loss; the last checkpoint is kept).
-        Interrupted: Ctrl-C; the state was saved first, so the run can be resumed.
+        Interrupted: Ctrl-C or SIGTERM during the meta-steps; the state was saved first, so
+            the run can be resumed.
         DatasetError, ConfigError: the data set is missing or does not fit the config.
     """
     world = world or World()
@@ -393,10 +433,12 @@ def train(
     )
     try:
         try:
-            trainer.fit(log)
-        except KeyboardInterrupt:
+            with _sigterm_as_interrupt():
+                trainer.fit(log)
+        except KeyboardInterrupt as err:
             trainer.save()
-            raise Interrupted(trainer.step, run.checkpoint) from None
+            signum = signal.SIGTERM if isinstance(err, _Terminated) else signal.SIGINT
+            raise Interrupted(trainer.step, run.checkpoint, signum) from None
         final = baseline = None
         if config.eval.at_end:
             final, baseline = trainer.test(log)
