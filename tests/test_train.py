@@ -303,6 +303,15 @@ def test_held_out_sinusoid_tasks_differ_from_training_tasks() -> None:
 # -- summarize_run: steps, meta-step time and validation history read back from a run dir --
 
 
+def test_eval_results_round_trip_through_their_metrics_records() -> None:
+    for result in (
+        EvalResult("accuracy", 0.9, 0.01, 0.3, 600),
+        EvalResult("mse", 0.2, 0.03, 0.2, 8),
+    ):
+        record = json.loads(json.dumps({"step": 7, "split": "val", **result.to_dict(), "best": 1}))
+        assert EvalResult.from_dict(record) == result
+
+
 def records_of(run: Path, split: str) -> list[dict]:
     return [r for r in RunDir(run).read_metrics() if r["split"] == split]
 

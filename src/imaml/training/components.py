@@ -6,7 +6,7 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import Tensor, nn
@@ -22,6 +22,11 @@ from imaml.tree import Params
 _CHANNELS = {"omniglot": 1, "miniimagenet": 3}
 
 
+Metric = Literal["accuracy", "mse"]
+METRICS: tuple[Metric, ...] = get_args(Metric)
+"""The names of the metrics a :class:`Problem` reports."""
+
+
 @dataclass(frozen=True)
 class Problem:
     """A model with its per-task loss and the metric reported on query sets.
@@ -33,7 +38,7 @@ class Problem:
     model: nn.Module
     loss_fn: Callable[..., Any]
     has_aux: bool
-    metric: Literal["accuracy", "mse"]
+    metric: Metric
 
     @property
     def higher_is_better(self) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from imaml import checkpoint
 from imaml.config import Config, ConfigError
 from imaml.data import TaskSampler
 from imaml.training.components import (
+    METRICS,
     DataSource,
     Problem,
     adaptation_lam,
@@ -47,6 +49,12 @@ class EvalResult:
     def to_dict(self) -> dict[str, Any]:
         """``{metric: mean, "ci95", "loss", "tasks"}``, e.g. ``{"accuracy": 0.98, ...}``."""
         return {self.metric: self.mean, "ci95": self.ci95, "loss": self.loss, "tasks": self.tasks}
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> EvalResult:
+        """The inverse of :meth:`to_dict`; other keys of ``record`` (``step``, ...) are ignored."""
+        (metric,) = (name for name in METRICS if name in record)
+        return cls(metric, record[metric], record["ci95"], record["loss"], record["tasks"])
 
     def __str__(self) -> str:
         if self.metric == "accuracy":

@@ -87,13 +87,6 @@ class RunSummary:
         return "\n".join(lines)
 
 
-def _eval_result(record: dict[str, Any]) -> EvalResult:
-    """The :class:`EvalResult` of a validation or test record of ``metrics.jsonl``."""
-    known = {"step", "split", "ci95", "loss", "tasks", "best", "params"}
-    (metric,) = (key for key in record if key not in known)
-    return EvalResult(metric, record[metric], record["ci95"], record["loss"], record["tasks"])
-
-
 _NOT_DIAGNOSTICS = {"step", "split", "sec_per_step", "tasks_per_sec"}
 
 
@@ -124,9 +117,11 @@ def summarize_run(
     for record in train:
         seconds += record["sec_per_step"] * (record["step"] - previous)
         previous = record["step"]
-    validation = tuple((r["step"], _eval_result(r)) for r in records if r.get("split") == "val")
+    validation = tuple(
+        (r["step"], EvalResult.from_dict(r)) for r in records if r.get("split") == "val"
+    )
     best = [r["step"] for r in records if r.get("split") == "val" and r.get("best")]
-    final = tuple((r["params"], _eval_result(r)) for r in records if "params" in r)
+    final = tuple((r["params"], EvalResult.from_dict(r)) for r in records if "params" in r)
     step = train[-1]["step"]
     window = [r for r in train if r["step"] > step - recent_steps]
     keys = [k for k in window[-1] if k not in _NOT_DIAGNOSTICS]
