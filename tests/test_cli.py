@@ -100,6 +100,27 @@ def test_train_sinusoid_by_default_then_eval(tmp_path: Path, capsys: Any) -> Non
     assert code == 0 and "sinusoid, 10 test tasks: mse" in out and "(step 4)" in out
 
 
+def test_eval_overrides_how_the_checkpoint_adapts(tmp_path: Path, capsys: Any) -> None:
+    run_dir = tmp_path / "run"
+    assert run(capsys, "train", "--run-dir", run_dir, "-q", *sets("eval.at_end=false"))[0] == 0
+
+    def mse(*overrides: str) -> float:
+        code, out, err = run(capsys, "eval", run_dir, "--tasks", "10", "--json", *overrides)
+        assert code == 0, err
+        return json.loads(out)["mse"]
+
+    adapted = mse()  # with the 2 inner steps the run trained with
+    assert mse("--set", "eval.inner_steps=2") == adapted
+    longer = mse("--set", "eval.inner_steps=5")
+    assert longer != adapted and longer == mse("--set", "inner.steps=5")
+    code, out, _ = run(capsys, "eval", run_dir, "--tasks", "2", "--set", "eval.inner_steps=3")
+    assert code == 0 and "--set eval.inner_steps=3 (step 4)" in out
+    code, _, err = run(capsys, "eval", run_dir, "--set", "model.hidden=[8]")
+    assert_one_line_error(code, err, "parameters do not fit its config's model")
+    code, _, err = run(capsys, "eval", run_dir, "--set", "eval.inner_step=3")
+    assert_one_line_error(code, err, "inner_step")
+
+
 def test_train_and_eval_on_real_omniglot(
     tmp_path: Path, capsys: Any, omniglot_root: Path, cache_dir: Path
 ) -> None:

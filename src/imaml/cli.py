@@ -84,6 +84,17 @@ def _add_machine_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_set_option(parser: argparse.ArgumentParser, example: str, whose: str = "") -> None:
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config key{whose}, e.g. --set {example} (repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``imaml`` command."""
     parser = argparse.ArgumentParser(
@@ -99,14 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"a bundled config name (see `imaml configs`) or a TOML file (default: "
         f"{DEFAULT_CONFIG})",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config key, e.g. --set train.meta_steps=100 (repeatable)",
-    )
+    _add_set_option(p, "train.meta_steps=100")
     p.add_argument("--run-dir", type=Path, metavar="DIR", help="default: runs/<config>-<timestamp>")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
@@ -124,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--seed", type=int, default=EVAL_SEED, metavar="S", help="task seed (default: %(default)s)"
     )
+    _add_set_option(p, "eval.inner_steps=32", " of the checkpoint (how it adapts)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_machine_options(p)
     p.set_defaults(func=_eval)
@@ -225,7 +230,7 @@ def _eval(args: argparse.Namespace) -> int:
     """Meta-test a checkpoint on held-out tasks: mean accuracy (MSE) ± 95% CI."""
     out = evaluate_checkpoint(
         args.path, _source(args), split=args.split, tasks=args.tasks, seed=args.seed,
-        device=device_for(args.device),
+        overrides=args.overrides, device=device_for(args.device),
     )  # fmt: skip
     r = out.result
     if args.json:
@@ -236,13 +241,16 @@ def _eval(args: argparse.Namespace) -> int:
             "checkpoint": str(out.path),
             "step": out.step,
             "algorithm": out.config.algorithm,
+            "overrides": args.overrides,
         }
         print(json.dumps(record))
     else:
         data = out.config.data
         shape = "" if data.dataset == "sinusoid" else f" {data.ways}-way {data.shots}-shot"
+        sets = "".join(f" --set {o}" for o in args.overrides)
         print(
-            f"{out.path} (step {out.step}), {data.dataset}{shape}, {r.tasks} {out.split} tasks: {r}"
+            f"{out.path}{sets} (step {out.step}), {data.dataset}{shape}, {r.tasks} {out.split} "
+            f"tasks: {r}"
         )
     return 0
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,16 +140,18 @@ def evaluate_checkpoint(
     split: str | None = None,
     tasks: int | None = None,
     seed: int = EVAL_SEED,
+    overrides: Sequence[str] = (),
     device: torch.device | str = "cpu",
 ) -> CheckpointEval:
     """Evaluate a checkpoint (or a run directory's best one) with its own config.
 
-    Model, data set, episode shape and adaptation come from the checkpoint's config;
+    Model, data set, episode shape and adaptation come from the checkpoint's config, with
+    ``KEY=VALUE`` ``overrides`` applied (e.g. ``eval.inner_steps=32`` to adapt longer);
     ``split`` and ``tasks`` default to its ``eval.split`` and ``eval.tasks``.
     """
     path = resolve_checkpoint(path)
     state = checkpoint.load(path)
-    config = checkpoint_config(state)
+    config = checkpoint_config(state, overrides)
     split = split or config.eval.split
     tasks = config.eval.tasks if tasks is None else tasks
     if tasks < 1:
