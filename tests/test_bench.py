@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +79,22 @@ def test_main_writes_json_and_png(tmp_path):
 def test_main_rejects_unknown_benchmark():
     with pytest.raises(SystemExit):
         main(["nonsense"])
+
+
+def test_inner_convergence_script_sweeps_a_checkpoints_inner_steps(tmp_path: Path) -> None:
+    from imaml.config import load_config
+    from imaml.training import DataSource, train
+
+    overrides = ["train.meta_steps=2", "train.meta_batch=2", "train.val_every=0"]
+    train(load_config("sinusoid", overrides)[1], tmp_path / "run", DataSource(tmp_path), quiet=True)
+    script = Path(__file__).parents[1] / "benchmarks" / "inner_convergence.py"
+    proc = subprocess.run(
+        [sys.executable, script, tmp_path / "run" / "checkpoint.pt", "--steps", "0,5", "--json",
+         "--tasks", "3", "--set", "inner.lr=0.01"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["steps"] for r in rows] == [0, 5]
+    assert rows[0]["distance"] == 0 and rows[0]["objective"] == rows[0]["support_loss"]
+    assert 0 < rows[1]["distance"] and rows[1]["objective"] < rows[0]["objective"]

@@ -9,12 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 from torch.func import vmap
 
 import imaml
-from imaml import checkpoint
+from imaml import checkpoint, tree
+from imaml._tasks import prepare
 from imaml.config import Config, ConfigError
-from imaml.data import TaskSampler
+from imaml.data import TaskBatch, TaskSampler
+from imaml.objective import Objective
 from imaml.training.components import (
     METRICS,
     DataSource,
@@ -122,6 +125,90 @@ def evaluate(
 
 
 @dataclass(frozen=True)
+class InnerProgress:
+    """How far adaptation got on B tasks' inner problems ``f(φ) = L_s(φ) + (λ/2)‖φ − θ‖²``.
+
+    Each field is a (B,) tensor, at the adapted φ of each task: ``objective`` f(φ),
+    ``support_loss`` L_s(φ), ``grad_norm`` ‖∇f(φ)‖ (0 at an exact minimizer, which the
+    implicit meta-gradient assumes), ``distance`` ‖φ − θ‖, and ``query_metric``, the
+    problem's metric of φ on the query set.
+    """
+
+    objective: Tensor
+    support_loss: Tensor
+    grad_norm: Tensor
+    distance: Tensor
+    query_metric: Tensor
+
+
+def inner_progress(
+    problem: Problem, params: Params, tasks: TaskBatch, adaptation: Adaptation
+) -> InnerProgress:
+    """Adapt ``params`` (θ) to ``tasks`` as ``adaptation`` says and measure the result.
+
+    Sweeping ``adaptation.inner``'s steps shows whether the inner optimizer converges to the
+    minimizer of the proximal problem and what query metric that minimizer has.
+    """
+    theta, (support,), support_loss, _ = prepare(
+        problem.loss_fn, params, problem.has_aux, support=(tasks.xs, tasks.ys)
+    )
+    with torch.no_grad():  # torch.func.grad still differentiates inside
+        phi = imaml.adapt(
+            problem.loss_fn,
+            theta,
+            support,
+            lam=adaptation.lam,
+            inner=adaptation.inner,
+            has_aux=problem.has_aux,
+            chunk_size=adaptation.chunk_size,
+        )
+
+        def measure(
+            phi: Params, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor
+        ) -> tuple[Tensor, ...]:
+            objective = Objective(lambda p: support_loss(p, xs, ys), theta, adaptation.lam)
+            value, grads = objective.value_and_grad(phi)
+            distance = tree.norm(tree.sub(phi, theta))
+            return (
+                value,
+                support_loss(phi, xs, ys),
+                tree.norm(grads),
+                distance,
+                problem.score(phi, xq, yq)[1],
+            )
+
+        return InnerProgress(*vmap(measure)(phi, tasks.xs, tasks.ys, tasks.xq, tasks.yq))
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A checkpoint made ready to adapt: its file, config (with overrides), problem (model
+    and loss), parameters on the device, and step."""
+
+    path: Path
+    config: Config
+    problem: Problem
+    params: Params
+    step: int
+
+
+def load_trained_model(
+    path: str | Path, overrides: Sequence[str] = (), device: torch.device | str = "cpu"
+) -> TrainedModel:
+    """Load a checkpoint (or a run directory's best one) with its config and ``KEY=VALUE``
+    ``overrides``, checking that its parameters fit the config's model."""
+    path = resolve_checkpoint(path)
+    state = checkpoint.load(path)
+    config = checkpoint_config(state, overrides)
+    problem = build_problem(config)
+    expected = {k: v.shape for k, v in problem.model.named_parameters()}
+    params = {k: v.to(device) for k, v in state["params"].items()}
+    if {k: v.shape for k, v in params.items()} != expected:
+        raise checkpoint.CheckpointError(f"{path}: its parameters do not fit its config's model")
+    return TrainedModel(path, config, problem, params, state["step"])
+
+
+@dataclass(frozen=True)
 class CheckpointEval:
     """:func:`evaluate_checkpoint`'s answer: the result, the split, the checkpoint used, its
     config and its step."""
@@ -149,20 +236,15 @@ def evaluate_checkpoint(
     ``KEY=VALUE`` ``overrides`` applied (e.g. ``eval.inner_steps=32`` to adapt longer);
     ``split`` and ``tasks`` default to its ``eval.split`` and ``eval.tasks``.
     """
-    path = resolve_checkpoint(path)
-    state = checkpoint.load(path)
-    config = checkpoint_config(state, overrides)
+    model = load_trained_model(path, overrides, device)
+    config = model.config
     split = split or config.eval.split
     tasks = config.eval.tasks if tasks is None else tasks
     if tasks < 1:
         raise ConfigError(f"the number of tasks must be > 0, got {tasks}")
-    problem = build_problem(config)
-    expected = {k: v.shape for k, v in problem.model.named_parameters()}
-    params = {k: v.to(device) for k, v in state["params"].items()}
-    if {k: v.shape for k, v in params.items()} != expected:
-        raise checkpoint.CheckpointError(f"{path}: its parameters do not fit its config's model")
     sampler = build_sampler(config, split, source, seed, device)
     result = evaluate(
-        problem, params, sampler, Adaptation.of(config), tasks=tasks, batch=config.eval.batch
-    )
-    return CheckpointEval(result, split, path, config, state["step"])
+        model.problem, model.params, sampler, Adaptation.of(config), tasks=tasks,
+        batch=config.eval.batch,
+    )  # fmt: skip
+    return CheckpointEval(result, split, model.path, config, model.step)
