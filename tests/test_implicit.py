@@ -48,6 +48,11 @@ def test_meta_gradient_matches_closed_form(linear_tasks, inner_name, solver_name
     for key in ("support_loss", "query_loss", "inner_grad_norm", "solver_residual"):
         assert info[key].shape == (4,), key
     assert torch.all(info["inner_grad_norm"] < 1e-8)
+    assert torch.all(info["inner_stationarity"] < 1e-7)
+    distance = [
+        (linear_tasks.prox_solution(i, LAM) - linear_tasks.theta_vec).norm() for i in range(4)
+    ]
+    torch.testing.assert_close(info["inner_distance"], torch.stack(distance))
     assert torch.all(info["solver_residual"] < 1e-7)
     # I + H/λ with H = XᵀX/n ⪰ 0: every curvature the solvers see is at least 1.
     curvature = info["solver_min_curvature"]
@@ -58,6 +63,24 @@ def test_meta_gradient_matches_closed_form(linear_tasks, inner_name, solver_name
         assert torch.all(curvature >= expected - 1e-9) and torch.all(expected >= 1)
         if solver_name == "dense":
             torch.testing.assert_close(curvature, expected)
+
+
+def test_inner_stationarity_of_an_unsolved_inner_problem(linear_tasks):
+    """One GD step on the proximal objective: φ₁ = θ − lr·∇L_s(θ), in closed form."""
+    lr = 0.1
+    _, info = imaml.meta_gradient(
+        linear_loss, linear_tasks.theta, linear_tasks.support, linear_tasks.query,
+        lam=LAM, inner=GD(steps=1, lr=lr), solver=Dense(),
+    )  # fmt: skip
+    for i in range(4):
+        h, c = linear_tasks.quadratic(linear_tasks.xs[i], linear_tasks.ys[i])
+        theta = linear_tasks.theta_vec
+        phi = theta - lr * (h @ theta - c)
+        grad_f = h @ phi - c + LAM * (phi - theta)
+        torch.testing.assert_close(info["inner_distance"][i], (phi - theta).norm())
+        expected = grad_f.norm() / (LAM * (phi - theta).norm())
+        torch.testing.assert_close(info["inner_stationarity"][i], expected)
+        assert expected > 0.1  # far from solved, and the diagnostic says so
 
 
 def test_info_losses_are_those_at_the_inner_solution(linear_tasks):

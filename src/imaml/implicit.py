@@ -64,7 +64,10 @@ def meta_gradient(
         ``(grads, info)``: ``grads`` shaped like ``params`` (the mean over tasks; the
         direction that increases the query loss, as ``.grad`` would hold), and ``info``, a
         dict of (B,) tensors: ``support_loss`` and ``query_loss`` at φ*, ``inner_grad_norm``
-        (‖∇L_s(φ*) + λ(φ* − θ)‖, how well the inner problem was solved),
+        (‖∇L_s(φ*) + λ(φ* − θ)‖, how well the inner problem was solved), ``inner_distance``
+        (‖φ* − θ‖), ``inner_stationarity`` (``inner_grad_norm / (λ·inner_distance)``: 0 at
+        the exact minimizer, where the two terms cancel; near 1 when the support gradient
+        has vanished but the proximal pull is unbalanced, i.e. far from it),
         ``solver_residual`` (‖A g − b‖/‖b‖), ``solver_min_curvature`` (the smallest
         ``vᵀAv/vᵀv`` of ``A = I + H/λ`` the solver found, NaN if it does not say: negative
         means ``A`` is indefinite, see :class:`imaml.solvers.Solution`) and
@@ -89,23 +92,26 @@ def meta_gradient(
             return tree.axpy(1.0 / lam, hess(v), v)
 
         solution = solver(matvec, q_grad)
-        inner_grad_norm = tree.norm(tree.axpy(lam, tree.sub(phi, theta), s_grad))
+        step = tree.sub(phi, theta)
+        inner_grad_norm = tree.norm(tree.axpy(lam, step, s_grad))
         curvature = solution.min_curvature
         if curvature is None:
             curvature = torch.full_like(solution.residual, math.nan)
-        return solution.x, s_loss, inner_grad_norm, solution.residual, curvature
+        return solution.x, s_loss, inner_grad_norm, tree.norm(step), solution.residual, curvature
 
     phi = map_tasks(inner_solution, theta, support, chunk_size=chunk_size)
     q_grad, q_loss, aux = vmap(query_gradient, chunk_size=cache_chunk(query, chunk_size))(
         phi, query
     )
-    per_task, s_loss, inner_grad_norm, residual, curvature = vmap(
+    per_task, s_loss, inner_grad_norm, distance, residual, curvature = vmap(
         solve, in_dims=(None, 0, 0, 0), chunk_size=chunk_size
     )(theta, phi, support, q_grad)
     info = {
         "support_loss": s_loss,
         "query_loss": q_loss,
         "inner_grad_norm": inner_grad_norm,
+        "inner_distance": distance,
+        "inner_stationarity": inner_grad_norm / (lam * distance),
         "solver_residual": residual,
         "solver_min_curvature": curvature,
         **{f"query_{k}": v for k, v in aux.items()},
