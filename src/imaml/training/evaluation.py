@@ -144,7 +144,8 @@ class InnerProgress:
 def inner_progress(
     problem: Problem, params: Params, tasks: TaskBatch, adaptation: Adaptation
 ) -> InnerProgress:
-    """Adapt ``params`` (θ) to ``tasks`` as ``adaptation`` says and measure the result.
+    """Adapt ``params`` (θ) to the B ``tasks`` as ``adaptation`` says and measure the result
+    (shapes of ``tasks``: :class:`~imaml.data.TaskBatch`; each result field is (B,)).
 
     Sweeping ``adaptation.inner``'s steps shows whether the inner optimizer converges to the
     minimizer of the proximal problem and what query metric that minimizer has.
