@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
+from imaml.cli import default_data_dir
 from imaml.training import (
     Adaptation,
     DataSource,
@@ -37,7 +37,7 @@ def main() -> None:
     parser.add_argument("--split", default="val")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--data-dir", type=Path, default=os.environ.get("IMAML_DATA", "."))
+    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--json", action="store_true", help="one JSON object per row")
     args = parser.parse_args()

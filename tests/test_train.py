@@ -11,10 +11,11 @@ from typing import Any
 
 import pytest
 import torch
-from torch import Tensor
 
 import imaml
+from conftest import LinearTasks
 from imaml import checkpoint
+from imaml.bench.accuracy import linear_loss
 from imaml.config import Config, load_config
 from imaml.data import TaskBatch
 from imaml.distributed import World
@@ -39,7 +40,6 @@ from imaml.training import (
     train,
 )
 from imaml.training import loop as loop_module
-from imaml.tree import Params
 
 TINY = [
     "train.meta_steps=6",
@@ -297,33 +297,27 @@ def test_batched_evaluation_equals_one_task_at_a_time() -> None:
     assert result.ci95 == pytest.approx(1.96 * mses.std(correction=0).item() / math.sqrt(5))
 
 
-def test_inner_progress_measures_the_distance_to_the_proximal_minimizer() -> None:
-    """Linear least squares, where φ* = (XᵀX/n + λI)⁻¹(Xᵀy/n + λθ) in closed form."""
-    gen = torch.Generator().manual_seed(0)
-    b, n, d, lam = 3, 12, 4, 0.7
-    x = torch.randn(2, b, n, d, generator=gen, dtype=torch.float64)
-    y = torch.randn(2, b, n, generator=gen, dtype=torch.float64)
-    tasks = TaskBatch(x[0], y[0], x[1], y[1])
+def test_inner_progress_measures_the_distance_to_the_proximal_minimizer(
+    linear_tasks: LinearTasks,
+) -> None:
+    """Linear least squares, where φ* = (H + λI)⁻¹(c + λθ) in closed form."""
+    lam, t = 0.7, linear_tasks
+    tasks = TaskBatch(t.xs, t.ys, t.xq, t.yq)
+    b = tasks.xs.shape[0]
+    problem = Problem(torch.nn.Identity(), linear_loss, has_aux=False, metric="mse")
+    theta = t.theta_vec
+    phi = torch.stack([t.prox_solution(i, lam) for i in range(b)])
+    grad0 = torch.stack([h @ theta - c for h, c in map(t.quadratic, tasks.xs, tasks.ys)])
 
-    def loss_fn(params: Params, x: Tensor, y: Tensor) -> Tensor:
-        return 0.5 * ((x @ params["w"] - y) ** 2).mean()
-
-    problem = Problem(torch.nn.Identity(), loss_fn, has_aux=False, metric="mse")
-    theta = torch.randn(d, generator=gen, dtype=torch.float64)
-    xs, ys = tasks.xs, tasks.ys
-    hess = xs.mT @ xs / n
-    grad0 = hess @ theta - (xs.mT @ ys[..., None] / n)[..., 0]  # (b, d): ∇L_s(θ)
-    phi = torch.linalg.solve(hess + lam * torch.eye(d, dtype=torch.float64), -grad0) + theta
-
-    start = inner_progress(problem, {"w": theta}, tasks, Adaptation(imaml.inner.GD(0, 0.1), lam))
+    start = inner_progress(problem, t.theta, tasks, Adaptation(imaml.inner.GD(0, 0.1), lam))
     assert torch.equal(start.distance, torch.zeros(b))
     torch.testing.assert_close(start.grad_norm, grad0.norm(dim=-1))
     torch.testing.assert_close(start.objective, start.support_loss)
 
-    end = inner_progress(problem, {"w": theta}, tasks, Adaptation(imaml.inner.GD(2000, 0.1), lam))
+    end = inner_progress(problem, t.theta, tasks, Adaptation(imaml.inner.GD(2000, 0.1), lam))
     torch.testing.assert_close(end.distance, (phi - theta).norm(dim=-1))
     assert end.grad_norm.max() < 1e-10
-    query = torch.stack([loss_fn({"w": phi[i]}, tasks.xq[i], tasks.yq[i]) for i in range(b)])
+    query = torch.stack([linear_loss(t.unflatten(phi[i]), t.xq[i], t.yq[i]) for i in range(b)])
     torch.testing.assert_close(end.query_metric, query)
     torch.testing.assert_close(
         end.objective, end.support_loss + 0.5 * lam * (phi - theta).pow(2).sum(-1)
