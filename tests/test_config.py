@@ -71,6 +71,8 @@ def test_overrides_take_the_fields_type() -> None:
     assert parse_override('algorithm="reptile"') == ("algorithm", "reptile")
     assert parse_override("data.rotations=false") == ("data.rotations", False)
     assert parse_override("model.hidden=[8, 8]") == ("model.hidden", [8, 8])
+    milestones = ("train.outer_lr_milestones", [8000, 12000])
+    assert parse_override("train.outer_lr_milestones=[8000, 12000]") == milestones
     _, config = load_config("sinusoid", ["train.meta_steps=7", "imaml.solver=neumann"])
     assert config.train.meta_steps == 7 and config.imaml.solver == "neumann"
 
@@ -113,6 +115,9 @@ def test_unknown_key_lists_the_valid_ones() -> None:
         ({"train": 3}, "train must be a table"),
         ({"model": {"name": "mlp"}}, "model.name 'mlp' needs data.dataset 'sinusoid'"),
         ({"data": {"dataset": "miniimagenet", "train_split": "trainval"}}, "no 'trainval'"),
+        ({"train": {"outer_lr_gamma": 0.0}}, "train.outer_lr_gamma must be > 0"),
+        ({"train": {"outer_lr_milestones": [0]}}, "must be increasing meta-steps > 0, got"),
+        ({"train": {"outer_lr_milestones": [50, 50]}}, "must be increasing meta-steps > 0"),
     ],
 )
 def test_invalid_values_are_rejected(values: dict, message: str) -> None:

@@ -34,6 +34,7 @@ from imaml.training import (
     evaluate,
     inner_progress,
     make_gradient_fn,
+    outer_lr,
     resume_config,
     sample_shard,
     summarize_run,
@@ -192,6 +193,33 @@ def test_resume_can_extend_a_finished_run(tmp_path: Path) -> None:
         checkpoint.load(tmp_path / "long" / "checkpoint.pt"),
         checkpoint.load(tmp_path / "short" / "checkpoint.pt"),
     )
+
+
+def test_the_outer_lr_decays_at_its_milestones() -> None:
+    cfg = tiny("train.outer_lr=0.4", "train.outer_lr_milestones=[2, 5]", "train.outer_lr_gamma=0.5")
+    lrs = [outer_lr(cfg.train, step) for step in range(7)]
+    assert lrs == [0.4, 0.4, 0.2, 0.2, 0.2, 0.1, 0.1]
+    assert outer_lr(tiny().train, 10**6) == 1e-3  # no milestones: constant
+
+
+def test_a_schedule_equals_resuming_with_the_decayed_lr(tmp_path: Path) -> None:
+    """Updates after a milestone use the decayed lr; a resume uses its config's lr, not the
+    one in the optimizer state it loads."""
+    scheduled = tiny("train.meta_steps=4", "train.outer_lr_milestones=[2]")
+    train(scheduled, tmp_path / "scheduled", SOURCE, quiet=True)
+    train(tiny("train.meta_steps=2"), tmp_path / "resumed", SOURCE, quiet=True)
+    config = resume_config(tmp_path / "resumed", ["train.meta_steps=4", "train.outer_lr=1e-4"])
+    train(config, tmp_path / "resumed", SOURCE, resume=True, quiet=True)
+    train(tiny("train.meta_steps=4"), tmp_path / "constant", SOURCE, quiet=True)
+    scheduled, resumed, constant = (
+        checkpoint.load(tmp_path / run / "checkpoint.pt")
+        for run in ("scheduled", "resumed", "constant")
+    )
+    assert_same_state(scheduled, resumed)
+    assert not torch.equal(scheduled["params"]["net.0.weight"], constant["params"]["net.0.weight"])
+    records = RunDir(tmp_path / "scheduled").read_metrics()
+    # logged every 2 steps: the lr of the updates to steps 1-2, then 3-4
+    assert [r["outer_lr"] for r in records if r["split"] == "train"] == [1e-3, 1e-4]
 
 
 def test_a_nan_meta_loss_stops_and_keeps_the_last_good_checkpoint(

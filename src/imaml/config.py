@@ -8,8 +8,8 @@ A config is a TOML file with two top-level keys and six tables::
     [model]  name, filters, downsample, hidden
     [inner]  optimizer, steps, lr, cg_iters, ls_steps
     [imaml]  lam, solver, solver_iters, neumann_alpha
-    [train]  meta_steps, meta_batch, seed, outer_optimizer, outer_lr, chunk_size,
-             log_every, val_every, val_tasks, checkpoint_every
+    [train]  meta_steps, meta_batch, seed, outer_optimizer, outer_lr, outer_lr_milestones,
+             outer_lr_gamma, chunk_size, log_every, val_every, val_tasks, checkpoint_every
     [eval]   tasks, batch, inner_steps, split, at_end
 
 Every key has a default (:class:`Config`), so a file states only what it changes. Unknown keys
@@ -97,7 +97,10 @@ class TrainConfig:
     """The outer loop: steps, meta-batch, seed, outer optimizer, logging and checkpoints.
 
     ``chunk_size`` > 0 computes the meta-batch in vmap chunks of that many tasks (less memory);
-    ``val_every`` = 0 disables validation.
+    ``val_every`` = 0 disables validation. The outer learning rate is ``outer_lr`` times
+    ``outer_lr_gamma`` for each of ``outer_lr_milestones`` (meta-steps, increasing) already
+    reached, as torch's ``MultiStepLR``: ``[8000]`` gives the updates after step 8,000 a tenth
+    of the rate with the default gamma (:func:`imaml.training.step.outer_lr`).
     """
 
     meta_steps: int = 20000
@@ -105,6 +108,8 @@ class TrainConfig:
     seed: int = 0
     outer_optimizer: Literal["adam", "sgd"] = "adam"
     outer_lr: float = 1e-3
+    outer_lr_milestones: list[int] = field(default_factory=list)
+    outer_lr_gamma: float = 0.1
     chunk_size: int = 0
     log_every: int = 10
     val_every: int = 500
@@ -162,8 +167,8 @@ class Config:
 _POSITIVE = {
     "data.ways", "data.shots", "data.query_shots", "data.image_size", "model.filters",
     "inner.lr", "inner.cg_iters", "inner.ls_steps", "imaml.solver_iters", "imaml.neumann_alpha",
-    "train.meta_batch", "train.outer_lr", "train.log_every", "train.val_tasks",
-    "train.checkpoint_every", "eval.tasks", "eval.batch",
+    "train.meta_batch", "train.outer_lr", "train.outer_lr_gamma", "train.log_every",
+    "train.val_tasks", "train.checkpoint_every", "eval.tasks", "eval.batch",
 }  # fmt: skip
 _NON_NEGATIVE = {
     "inner.steps", "imaml.lam", "train.meta_steps", "train.seed", "train.chunk_size",
@@ -255,6 +260,11 @@ def _validate(config: Config) -> Config:
     splits = (config.data.train_split, config.data.val_split, config.eval.split)
     if config.data.dataset == "miniimagenet" and "trainval" in splits:
         raise ConfigError("mini-ImageNet has no 'trainval' split; use 'train', 'val' or 'test'")
+    milestones = config.train.outer_lr_milestones
+    if any(m < 1 for m in milestones) or milestones != sorted(set(milestones)):
+        raise ConfigError(
+            f"train.outer_lr_milestones must be increasing meta-steps > 0, got {milestones}"
+        )
     if any(h < 1 for h in config.model.hidden):
         raise ConfigError(f"model.hidden sizes must be > 0, got {config.model.hidden}")
     return config

@@ -29,7 +29,7 @@ from imaml.training.loop import (
     train,
 )
 from imaml.training.rundir import RunDir, resolve_checkpoint
-from imaml.training.step import GradientFn, make_gradient_fn, sample_shard
+from imaml.training.step import GradientFn, make_gradient_fn, outer_lr, sample_shard
 from imaml.training.summary import RunSummary, SummaryError, summarize_run
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "inner_progress",
     "load_trained_model",
     "make_gradient_fn",
+    "outer_lr",
     "resolve_checkpoint",
     "resume_config",
     "sample_shard",

@@ -25,7 +25,14 @@ from imaml.distributed import World
 from imaml.training.components import DataSource, Problem, build_problem, build_sampler
 from imaml.training.evaluation import EVAL_SEED, Adaptation, EvalResult, evaluate
 from imaml.training.rundir import RunDir, checkpoint_config
-from imaml.training.step import all_finite, apply_gradients, make_gradient_fn, sample_shard
+from imaml.training.step import (
+    all_finite,
+    apply_gradients,
+    make_gradient_fn,
+    outer_lr,
+    sample_shard,
+    set_learning_rate,
+)
 from imaml.tree import Params
 
 
@@ -310,6 +317,8 @@ class Trainer:
         meta_loss = info.get("query_loss", info["support_loss"]).mean()
         if not all_finite(meta_loss, grads):
             raise Diverged(self.step + 1, self.saved_step, self.run.checkpoint)
+        # From the config, every step: a resumed optimizer state holds the lr it was saved with.
+        set_learning_rate(self.optimizer, outer_lr(cfg, self.step))
         with _signals_deferred():
             apply_gradients(self.optimizer, self.params, grads)
             self.step += 1
@@ -347,7 +356,15 @@ class Trainer:
             log.bar.update(1)
             last = self.step == cfg.meta_steps
             if self.step % cfg.log_every == 0 or last:
-                log.train({"step": self.step, "split": "train", **window.flush(cfg.meta_batch)})
+                lr = outer_lr(cfg, self.step - 1)  # that of the last update
+                log.train(
+                    {
+                        "step": self.step,
+                        "split": "train",
+                        "outer_lr": lr,
+                        **window.flush(cfg.meta_batch),
+                    }
+                )
             if cfg.val_every and (self.step % cfg.val_every == 0 or last):
                 self.validate(log)
             if self.step % cfg.checkpoint_every == 0 or last:

@@ -4,7 +4,8 @@
    function of (seed, k, rank);
 2. a :data:`GradientFn` (:func:`make_gradient_fn`): the meta-gradient of those tasks;
 3. :meth:`imaml.distributed.World.mean`: the mean over processes (identity for one process);
-4. :func:`apply_gradients`: a ``torch.optim`` step with the gradients.
+4. :func:`apply_gradients`: a ``torch.optim`` step with the gradients, at the learning rate
+   :func:`outer_lr` gives for step ``k`` (:func:`set_learning_rate`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor
 
 import imaml
-from imaml.config import Config
+from imaml.config import Config, TrainConfig
 from imaml.data import TaskBatch, TaskSampler
 from imaml.distributed import World
 from imaml.training.components import Problem, build_inner, build_solver
@@ -80,6 +81,23 @@ def all_finite(loss: Tensor, grads: Params) -> bool:
     """Whether ``loss`` and every gradient entry are finite (one host synchronization)."""
     flags = [torch.isfinite(loss).all(), *(torch.isfinite(g).all() for g in grads.values())]
     return bool(torch.stack(flags).all())
+
+
+def outer_lr(config: TrainConfig, step: int) -> float:
+    """The outer learning rate of the update from meta-step ``step`` to ``step + 1``.
+
+    ``config.outer_lr`` times ``config.outer_lr_gamma`` for each milestone ``m`` with
+    ``m <= step`` (torch's ``MultiStepLR``): a pure function of the step, so a resumed run, or
+    one resumed with new milestones, needs no scheduler state.
+    """
+    reached = sum(step >= m for m in config.outer_lr_milestones)
+    return config.outer_lr * config.outer_lr_gamma**reached
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group of ``optimizer`` to ``lr``."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def apply_gradients(
