@@ -47,6 +47,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
                 ("train", "inner_grad_norm", "inner grad norm"),
                 ("train", "inner_stationarity", "inner stationarity"),
                 ("train", "support_loss", "support loss (adapted)"),
+                ("train", "outer_lr", "outer lr"),
             ],
         ),
     ]
