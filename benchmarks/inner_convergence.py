@@ -6,7 +6,9 @@ Usage: python benchmarks/inner_convergence.py CHECKPOINT [--steps 0,4,...] [--ta
 Adapts a trained checkpoint's parameters θ to ``--tasks`` tasks with its own inner optimizer
 run for each number of ``--steps``, and prints the means over tasks of the proximal objective
 ``f(φ) = L_s(φ) + (λ/2)‖φ − θ‖²``, the support loss, ‖∇f(φ)‖ (0 at the exact minimizer φ*
-that iMAML's meta-gradient formula is derived at), ‖φ − θ‖, and the query metric of φ. The
+that iMAML's meta-gradient formula is derived at), ‖φ − θ‖, the query metric of φ, and the
+extreme eigenvalues of the Hessian ∇²f(φ) (20 Lanczos steps; GD with step lr cannot settle
+where lr·λ_max > 2, and φ is no minimizer where λ_min < 0). The
 row with the config's own number of steps is what training and ``imaml eval`` use; rows with
 many steps approach φ* where the inner optimizer converges.
 """
@@ -53,7 +55,8 @@ def main() -> None:
             f"{model.path} (step {model.step}), {args.tasks} {args.split} tasks, "
             f"λ = {base.lam}, inner: {model.config.inner}"
         )
-        print(f"{'steps':>6} {'f(φ)':>9} {'L_s(φ)':>9} {'‖∇f(φ)‖':>9} {'‖φ−θ‖':>8} {metric:>9}")
+        columns = ("f(φ)", "L_s(φ)", "‖∇f(φ)‖", "‖φ−θ‖", metric, "λ_min(∇²f)", "λ_max(∇²f)")
+        print(f"{'steps':>6} " + " ".join(f"{c:>10}" for c in columns))
     for steps in (int(k) for k in args.steps.split(",")):
         adaptation = replace(base, inner=build_inner(model.config.inner, steps))
         out = inner_progress(model.problem, model.params, tasks, adaptation)
@@ -64,11 +67,13 @@ def main() -> None:
             "grad_norm": out.grad_norm.mean().item(),
             "distance": out.distance.mean().item(),
             metric: out.query_metric.mean().item(),
+            "min_curvature": out.min_curvature.mean().item(),
+            "max_curvature": out.max_curvature.mean().item(),
         }
         if args.json:
             print(json.dumps(row), flush=True)
         else:
-            values = " ".join(f"{v:9.4f}" for v in list(row.values())[1:])
+            values = " ".join(f"{v:10.4f}" for v in list(row.values())[1:])
             print(f"{steps:6d} {values}", flush=True)
 
 

@@ -59,10 +59,10 @@ class LinearTasks:
         eye = torch.eye(h.shape[0], dtype=h.dtype)
         return torch.linalg.solve(eye + h / lam, hq @ phi - cq)
 
-    def min_eigenvalue(self, i: int, lam: float) -> Tensor:
-        """The smallest eigenvalue of task i's I + H/λ."""
+    def eigenvalues(self, i: int, lam: float) -> Tensor:
+        """The eigenvalues of task i's I + H/λ, ascending."""
         h, _ = self.quadratic(self.xs[i], self.ys[i])
-        return 1 + torch.linalg.eigvalsh(h)[0] / lam
+        return 1 + torch.linalg.eigvalsh(h) / lam
 
     def gd_path(self, i: int, lr: float, steps: int) -> tuple[Tensor, Tensor]:
         """(φ_K, dφ_K/dθ) after K plain GD steps on task i's support loss."""

@@ -49,7 +49,7 @@ def system():
 )
 def test_solver_is_exact_and_reports_true_residual(system, solver):
     a, b, x_true = system
-    x, residual, _ = solver(matvec_of(a), as_tree(b))
+    x, residual, *_ = solver(matvec_of(a), as_tree(b))
     x = tree.flatten(x)[0]
     torch.testing.assert_close(x, x_true, rtol=1e-9, atol=1e-10)
     true_residual = torch.linalg.norm(a @ x - b) / torch.linalg.norm(b)
@@ -60,7 +60,7 @@ def test_solver_is_exact_and_reports_true_residual(system, solver):
 def test_truncated_solvers_report_their_residual(system):
     a, b, _ = system
     for solver in (CG(2), MINRES(2), Neumann(5, alpha=0.15)):
-        x, residual, _ = solver(matvec_of(a), as_tree(b))
+        x, residual, *_ = solver(matvec_of(a), as_tree(b))
         x = tree.flatten(x)[0]
         true_residual = torch.linalg.norm(a @ x - b) / torch.linalg.norm(b)
         assert residual > 1e-3
@@ -89,7 +89,7 @@ def test_converged_cg_keeps_its_solution(system):
 def test_zero_right_hand_side_gives_zero():
     a = spd(6, 1)
     for solver in (CG(3), MINRES(3), Neumann(3, 0.1), Dense()):
-        x, residual, _ = solver(matvec_of(a), as_tree(torch.zeros(6, dtype=torch.float64)))
+        x, residual, *_ = solver(matvec_of(a), as_tree(torch.zeros(6, dtype=torch.float64)))
         assert torch.all(tree.flatten(x)[0] == 0) and residual == 0
 
 
@@ -113,11 +113,13 @@ def test_solvers_batch_under_vmap():
         def solve(m, r, solver=solver):
             return solver(matvec_of(m), as_tree(r))
 
-        xs, res, curvature = vmap(solve)(mats, rhs)
+        xs, res, smallest, largest = vmap(solve)(mats, rhs)
         for i in range(3):
             got = tree.flatten({k: v[i] for k, v in xs.items()})[0]
             torch.testing.assert_close(got, torch.linalg.solve(mats[i], rhs[i]))
-            torch.testing.assert_close(curvature[i], torch.linalg.eigvalsh(mats[i])[0])
+            eigenvalues = torch.linalg.eigvalsh(mats[i])
+            torch.testing.assert_close(smallest[i], eigenvalues[0])
+            torch.testing.assert_close(largest[i], eigenvalues[-1])
         assert res.shape == (3,)
 
 
@@ -156,7 +158,7 @@ def test_minres_minimizes_the_residual_over_the_krylov_space():
     a, b, matvec = indefinite_system()
     previous = 1.0
     for k, basis in krylov_bases(a, b):
-        x, residual, _ = minres(matvec, {"v": b}, k)
+        x, residual, *_ = minres(matvec, {"v": b}, k)
         # The least-squares minimizer of ‖b − A x‖ over x in the Krylov space.
         coef = torch.linalg.lstsq(a @ basis, b).solution
         best = torch.linalg.norm(a @ basis @ coef - b) / torch.linalg.norm(b)
@@ -213,30 +215,38 @@ def test_negative_curvature_stop_is_final():
         torch.testing.assert_close(later.residual, first.residual, rtol=0, atol=0)
 
 
-def test_min_curvature_is_the_smallest_ritz_value():
-    # CG and MINRES build the same Krylov space, so both report the smallest eigenvalue of A
-    # projected on it (Qᵀ A Q), which reaches λ_min(A) after n iterations; Dense is exact.
+def test_curvatures_are_the_extreme_ritz_values():
+    # CG and MINRES build the same Krylov space, so both report the smallest and largest
+    # eigenvalues of A projected on it (Qᵀ A Q), which reach λ_min(A) and λ_max(A) after n
+    # iterations; Dense is exact.
     a, b, matvec = indefinite_system()
     for k, basis in krylov_bases(a, b):
-        ritz = torch.linalg.eigvalsh(basis.T @ a @ basis)[0]
+        ritz = torch.linalg.eigvalsh(basis.T @ a @ basis)
         for solve in (conjugate_gradient, minres):
-            got = solve(matvec, {"v": b}, k).min_curvature
-            torch.testing.assert_close(got, ritz, rtol=1e-6, atol=1e-8)
-    exact = torch.linalg.eigvalsh(a)[0]
-    assert exact < 0
-    torch.testing.assert_close(ritz, exact)
-    torch.testing.assert_close(Dense()(matvec, {"v": b}).min_curvature, exact)
+            got = solve(matvec, {"v": b}, k)
+            torch.testing.assert_close(got.min_curvature, ritz[0], rtol=1e-6, atol=1e-8)
+            torch.testing.assert_close(got.max_curvature, ritz[-1], rtol=1e-6, atol=1e-8)
+    exact = torch.linalg.eigvalsh(a)
+    assert exact[0] < 0 < exact[-1]
+    torch.testing.assert_close(ritz[[0, -1]], exact[[0, -1]])
+    dense = Dense()(matvec, {"v": b})
+    torch.testing.assert_close(
+        torch.stack([dense.min_curvature, dense.max_curvature]), exact[[0, -1]]
+    )
 
 
 def test_min_curvature_ignores_iterations_after_a_stop():
     a = spd(6, 0)  # λ_min = 1
     b = torch.linspace(-1, 2, 6, dtype=torch.float64)
+    largest = torch.linalg.eigvalsh(a)[-1]
     for solver in (CG(200, tol=1e-10), MINRES(200, tol=1e-10)):
-        torch.testing.assert_close(
-            solver(matvec_of(a), as_tree(b)).min_curvature, torch.tensor(1.0, dtype=a.dtype)
-        )
-        assert torch.isnan(solver(matvec_of(a), as_tree(torch.zeros_like(b))).min_curvature)
-    assert Neumann(3, 0.1)(matvec_of(a), as_tree(b)).min_curvature is None
+        solution = solver(matvec_of(a), as_tree(b))
+        torch.testing.assert_close(solution.min_curvature, torch.tensor(1.0, dtype=a.dtype))
+        torch.testing.assert_close(solution.max_curvature, largest)
+        nothing = solver(matvec_of(a), as_tree(torch.zeros_like(b)))
+        assert torch.isnan(nothing.min_curvature) and torch.isnan(nothing.max_curvature)
+    neumann = Neumann(3, 0.1)(matvec_of(a), as_tree(b))
+    assert neumann.min_curvature is None and neumann.max_curvature is None
 
 
 def test_smallest_tridiagonal_eigenvalue_matches_eigvalsh():

@@ -341,6 +341,13 @@ def test_inner_progress_measures_the_distance_to_the_proximal_minimizer(
     assert torch.equal(start.distance, torch.zeros(b))
     torch.testing.assert_close(start.grad_norm, grad0.norm(dim=-1))
     torch.testing.assert_close(start.objective, start.support_loss)
+    # ∇²f = H + λI everywhere; Lanczos over all n dimensions finds its extreme eigenvalues
+    n = theta.numel()
+    exact = inner_progress(problem, t.theta, tasks, Adaptation(imaml.inner.GD(0, 0.1), lam), n)
+    eigenvalues = lam * torch.stack([t.eigenvalues(i, lam) for i in range(b)])
+    torch.testing.assert_close(exact.min_curvature, eigenvalues[:, 0])
+    torch.testing.assert_close(exact.max_curvature, eigenvalues[:, -1])
+    assert torch.all(start.max_curvature <= eigenvalues[:, -1] + 1e-9)  # a Ritz value
 
     end = inner_progress(problem, t.theta, tasks, Adaptation(imaml.inner.GD(2000, 0.1), lam))
     torch.testing.assert_close(end.distance, (phi - theta).norm(dim=-1))

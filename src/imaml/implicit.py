@@ -70,7 +70,9 @@ def meta_gradient(
         has vanished but the proximal pull is unbalanced, i.e. far from it),
         ``solver_residual`` (‖A g − b‖/‖b‖), ``solver_min_curvature`` (the smallest
         ``vᵀAv/vᵀv`` of ``A = I + H/λ`` the solver found, NaN if it does not say: negative
-        means ``A`` is indefinite, see :class:`imaml.solvers.Solution`) and
+        means ``A`` is indefinite, see :class:`imaml.solvers.Solution`),
+        ``solver_max_curvature`` (the largest: gradient descent on the inner objective with
+        step ``lr`` cannot converge to φ* when ``lr·λ·solver_max_curvature > 2``) and
         ``query_<name>`` for each aux entry.
     """
     lam = check_lam(lam)
@@ -94,16 +96,17 @@ def meta_gradient(
         solution = solver(matvec, q_grad)
         step = tree.sub(phi, theta)
         inner_grad_norm = tree.norm(tree.axpy(lam, step, s_grad))
-        curvature = solution.min_curvature
-        if curvature is None:
-            curvature = torch.full_like(solution.residual, math.nan)
-        return solution.x, s_loss, inner_grad_norm, tree.norm(step), solution.residual, curvature
+        nan = torch.full_like(solution.residual, math.nan)
+        curvature = [
+            nan if c is None else c for c in (solution.min_curvature, solution.max_curvature)
+        ]
+        return solution.x, s_loss, inner_grad_norm, tree.norm(step), solution.residual, *curvature
 
     phi = map_tasks(inner_solution, theta, support, chunk_size=chunk_size)
     q_grad, q_loss, aux = vmap(query_gradient, chunk_size=cache_chunk(query, chunk_size))(
         phi, query
     )
-    per_task, s_loss, inner_grad_norm, distance, residual, curvature = vmap(
+    per_task, s_loss, inner_grad_norm, distance, residual, min_curv, max_curv = vmap(
         solve, in_dims=(None, 0, 0, 0), chunk_size=chunk_size
     )(theta, phi, support, q_grad)
     info = {
@@ -113,7 +116,8 @@ def meta_gradient(
         "inner_distance": distance,
         "inner_stationarity": inner_grad_norm / (lam * distance),
         "solver_residual": residual,
-        "solver_min_curvature": curvature,
+        "solver_min_curvature": min_curv,
+        "solver_max_curvature": max_curv,
         **{f"query_{k}": v for k, v in aux.items()},
     }
     return task_mean(per_task), info

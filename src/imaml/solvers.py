@@ -38,18 +38,23 @@ _TINY = 1e-30
 
 class Solution(NamedTuple):
     """A solver's answer: ``x`` shaped like ``b``, the relative residual ``‖Ax − b‖/‖b‖``,
-    and optionally ``min_curvature``, the smallest ``vᵀAv/vᵀv`` the solver found (0-d).
+    and optionally ``min_curvature`` and ``max_curvature``, the smallest and largest
+    ``vᵀAv/vᵀv`` the solver found (0-d).
 
     ``min_curvature`` is an upper bound on the smallest eigenvalue of ``A``: a negative value
     proves ``A`` indefinite (CG is then unreliable; for ``I + H/λ``, raise λ or use MINRES).
-    CG and MINRES report the smallest Ritz value of their Krylov space (the smallest
-    eigenvalue of the Lanczos matrix they build anyway: no extra matvec, no host sync),
-    Dense the exact value; None where a solver does not estimate it.
+    ``max_curvature`` is a lower bound on the largest: for ``A = I + H/λ`` the Hessian of the
+    proximal inner objective is ``λA``, so gradient descent with step ``lr`` cannot converge
+    to that point when ``lr·λ·max_curvature > 2``. CG and MINRES report the extreme Ritz
+    values of their Krylov space (eigenvalues of the Lanczos matrix they build anyway: no
+    extra matvec, no host sync), Dense the exact values; None where a solver does not
+    estimate them.
     """
 
     x: Params
     residual: Tensor
     min_curvature: Tensor | None = None
+    max_curvature: Tensor | None = None
 
 
 class LinearSolver(Protocol):
@@ -106,7 +111,7 @@ def conjugate_gradient(
         previous = beta * inv_alpha
         p = tree.axpy(beta, p, r)
         rs = torch.where(active, rs_new, rs)
-    return Solution(x, _relative(rs, b_sq), _smallest_ritz_value(lanczos))
+    return Solution(x, _relative(rs, b_sq), *_extreme_ritz_values(lanczos))
 
 
 def minres(matvec: MatVec, b: Params, iters: int, tol: float = 0.0) -> Solution:
@@ -156,20 +161,25 @@ def minres(matvec: MatVec, b: Params, iters: int, tol: float = 0.0) -> Solution:
         w_prev, w = w, tree.scale(tree.axpy(-eps_prev, w_prev, tree.axpy(-delta, w, v)), 1 / gamma)
         x = tree.where(active, tree.axpy(phi, w, x), x)
         phibar = torch.where(active, sn * phibar, phibar)
-    return Solution(x, phibar / beta1.clamp(min=_TINY), _smallest_ritz_value(lanczos))
+    return Solution(x, phibar / beta1.clamp(min=_TINY), *_extreme_ritz_values(lanczos))
 
 
-def _smallest_ritz_value(lanczos: list[tuple[Tensor, Tensor, Tensor]]) -> Tensor:
-    """The smallest eigenvalue of the Lanczos matrix of the iterations that ran (NaN if none).
+def _extreme_ritz_values(lanczos: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    """The smallest and largest eigenvalues of the Lanczos matrix of the iterations that ran
+    (NaN if none).
 
     ``lanczos`` holds, per iteration, whether it ran and its diagonal and upper entries. The
     iterations that did not run (a suffix) are decoupled, with the first diagonal entry on
-    their diagonal: no smaller than the smallest eigenvalue of the leading block.
+    their diagonal: a Rayleigh quotient of the leading block, so within its eigenvalues. The
+    largest eigenvalue of T is minus the smallest of −T (the sign of the off-diagonal does
+    not change the eigenvalues).
     """
     active, diagonal, upper = (torch.stack(column) for column in zip(*lanczos, strict=True))
     diagonal = torch.where(active, diagonal, diagonal[0])
     upper = torch.where(active[1:], upper[:-1], 0.0)
-    return torch.where(active[0], smallest_tridiagonal_eigenvalue(diagonal, upper), math.nan)
+    smallest = smallest_tridiagonal_eigenvalue(diagonal, upper)
+    largest = -smallest_tridiagonal_eigenvalue(-diagonal, upper)
+    return (torch.where(active[0], smallest, math.nan), torch.where(active[0], largest, math.nan))
 
 
 def smallest_tridiagonal_eigenvalue(
@@ -233,8 +243,9 @@ def dense_solve(matvec: MatVec, b: Params) -> Solution:
     a = dense_matrix(matvec, b)
     x = torch.linalg.solve(a, flat_b)
     r = a @ x - flat_b
-    smallest = torch.linalg.eigvalsh((a + a.T) / 2)[0]
-    return Solution(unflatten(x), _relative(r @ r, flat_b @ flat_b), smallest)
+    eigenvalues = torch.linalg.eigvalsh((a + a.T) / 2)
+    relative = _relative(r @ r, flat_b @ flat_b)
+    return Solution(unflatten(x), relative, eigenvalues[0], eigenvalues[-1])
 
 
 @dataclass(frozen=True)

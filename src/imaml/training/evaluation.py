@@ -18,6 +18,7 @@ from imaml._tasks import prepare
 from imaml.config import Config, ConfigError
 from imaml.data import TaskBatch, TaskSampler
 from imaml.objective import Objective
+from imaml.solvers import minres
 from imaml.training.components import (
     METRICS,
     DataSource,
@@ -130,8 +131,11 @@ class InnerProgress:
 
     Each field is a (B,) tensor, at the adapted φ of each task: ``objective`` f(φ),
     ``support_loss`` L_s(φ), ``grad_norm`` ‖∇f(φ)‖ (0 at an exact minimizer, which the
-    implicit meta-gradient assumes), ``distance`` ‖φ − θ‖, and ``query_metric``, the
-    problem's metric of φ on the query set.
+    implicit meta-gradient assumes), ``distance`` ‖φ − θ‖, ``query_metric``, the problem's
+    metric of φ on the query set, and ``min_curvature`` / ``max_curvature``, the extreme
+    Ritz values of the Hessian ∇²f(φ) from Lanczos (inner bounds on its extreme
+    eigenvalues): gradient descent with step ``lr`` cannot settle at φ when
+    ``lr·max_curvature > 2``.
     """
 
     objective: Tensor
@@ -139,16 +143,24 @@ class InnerProgress:
     grad_norm: Tensor
     distance: Tensor
     query_metric: Tensor
+    min_curvature: Tensor
+    max_curvature: Tensor
 
 
 def inner_progress(
-    problem: Problem, params: Params, tasks: TaskBatch, adaptation: Adaptation
+    problem: Problem,
+    params: Params,
+    tasks: TaskBatch,
+    adaptation: Adaptation,
+    curvature_iters: int = 20,
 ) -> InnerProgress:
     """Adapt ``params`` (θ) to the B ``tasks`` as ``adaptation`` says and measure the result
     (shapes of ``tasks``: :class:`~imaml.data.TaskBatch`; each result field is (B,)).
 
     Sweeping ``adaptation.inner``'s steps shows whether the inner optimizer converges to the
-    minimizer of the proximal problem and what query metric that minimizer has.
+    minimizer of the proximal problem and what query metric that minimizer has. The
+    curvatures come from ``curvature_iters`` Lanczos steps (Hessian-vector products) started
+    at ∇f(φ).
     """
     theta, (support,), support_loss, _ = prepare(
         problem.loss_fn, params, problem.has_aux, support=(tasks.xs, tasks.ys)
@@ -168,14 +180,16 @@ def inner_progress(
             phi: Params, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor
         ) -> tuple[Tensor, ...]:
             objective = Objective(lambda p: support_loss(p, xs, ys), theta, adaptation.lam)
-            value, grads = objective.value_and_grad(phi)
-            distance = tree.norm(tree.sub(phi, theta))
+            value, grads, hvp = objective.linearize(phi)
+            lanczos = minres(hvp, grads, curvature_iters)
             return (
                 value,
                 support_loss(phi, xs, ys),
                 tree.norm(grads),
-                distance,
+                tree.norm(tree.sub(phi, theta)),
                 problem.score(phi, xq, yq)[1],
+                lanczos.min_curvature,
+                lanczos.max_curvature,
             )
 
         return InnerProgress(*vmap(measure)(phi, tasks.xs, tasks.ys, tasks.xq, tasks.yq))
