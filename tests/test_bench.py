@@ -98,3 +98,25 @@ def test_inner_convergence_script_sweeps_a_checkpoints_inner_steps(tmp_path: Pat
     assert [r["steps"] for r in rows] == [0, 5]
     assert rows[0]["distance"] == 0 and rows[0]["objective"] == rows[0]["support_loss"]
     assert 0 < rows[1]["distance"] and rows[1]["objective"] < rows[0]["objective"]
+
+
+def test_implicit_correction_script_compares_solver_iterations(tmp_path: Path) -> None:
+    from imaml.config import load_config
+    from imaml.training import DataSource, train
+
+    overrides = ["train.meta_steps=2", "train.meta_batch=2", "train.val_every=0"]
+    train(load_config("sinusoid", overrides)[1], tmp_path / "run", DataSource(tmp_path), quiet=True)
+    script = Path(__file__).parents[1] / "benchmarks" / "implicit_correction.py"
+    proc = subprocess.run(
+        [sys.executable, script, tmp_path / "run" / "checkpoint.pt", "--iters", "1,40", "--json",
+         "--tasks", "3", "--batches", "2", "--set", "imaml.solver=cg"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert [r["iters"] for r in rows] == [0, 1, 40]
+    first_order, _, reference = rows
+    assert first_order["correction_max"] == 0 and reference["distance_max"] == 0
+    assert reference["residual"] < 0.1 * first_order["residual"]
+    assert 0 < first_order["distance_mean"] <= first_order["distance_max"]
+    assert reference["correction_median"] > 0

@@ -66,6 +66,13 @@ def test_meta_gradient_matches_closed_form(linear_tasks, inner_name, solver_name
         assert torch.all(largest <= hi + 1e-9) and torch.all(largest >= smallest)
         if solver_name == "dense":
             torch.testing.assert_close(torch.stack([smallest, largest]), torch.stack([lo, hi]))
+    # g = (I + H/λ)⁻¹ ∇L_q(φ*) against the query gradient at φ*, per task.
+    for i in range(4):
+        q_grad = linear_tasks.query_grad(i, linear_tasks.prox_solution(i, LAM))
+        g = linear_tasks.imaml_gradient(i, LAM)
+        expected = (g - q_grad).norm() / q_grad.norm()
+        assert expected > 0.05  # H/λ is not negligible on these tasks
+        torch.testing.assert_close(info["solver_correction"][i], expected, rtol=1e-5, atol=1e-9)
 
 
 def test_inner_stationarity_of_an_unsolved_inner_problem(linear_tasks):

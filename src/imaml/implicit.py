@@ -100,13 +100,17 @@ def meta_gradient(
         curvature = [
             nan if c is None else c for c in (solution.min_curvature, solution.max_curvature)
         ]
-        return solution.x, s_loss, inner_grad_norm, tree.norm(step), solution.residual, *curvature
+        correction = tree.norm(tree.sub(solution.x, q_grad)) / tree.norm(q_grad)
+        return (
+            solution.x, s_loss, inner_grad_norm, tree.norm(step), solution.residual, correction,
+            *curvature,
+        )  # fmt: skip
 
     phi = map_tasks(inner_solution, theta, support, chunk_size=chunk_size)
     q_grad, q_loss, aux = vmap(query_gradient, chunk_size=cache_chunk(query, chunk_size))(
         phi, query
     )
-    per_task, s_loss, inner_grad_norm, distance, residual, min_curv, max_curv = vmap(
+    per_task, s_loss, inner_grad_norm, distance, residual, correction, min_curv, max_curv = vmap(
         solve, in_dims=(None, 0, 0, 0), chunk_size=chunk_size
     )(theta, phi, support, q_grad)
     info = {
@@ -118,6 +122,7 @@ def meta_gradient(
         "solver_residual": residual,
         "solver_min_curvature": min_curv,
         "solver_max_curvature": max_curv,
+        "solver_correction": correction,
         **{f"query_{k}": v for k, v in aux.items()},
     }
     return task_mean(per_task), info

@@ -44,6 +44,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
             "diagnostics",
             [
                 ("train", "solver_residual", "solver residual"),
+                ("train", "solver_correction", "implicit correction"),
                 ("train", "inner_grad_norm", "inner grad norm"),
                 ("train", "inner_stationarity", "inner stationarity"),
                 ("train", "support_loss", "support loss (adapted)"),
