@@ -16,14 +16,10 @@ nothing; where a few iterations are, more are wasted.
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
-
 import torch
 
+from _checkpoint_cli import checkpoint_parser, print_header, print_row
 from imaml import tree
-from imaml.cli import default_data_dir
 from imaml.training import DataSource, build_sampler, load_trained_model, make_gradient_fn
 
 FIRST_ORDER = ("imaml.solver=neumann", "imaml.solver_iters=1", "imaml.neumann_alpha=1.0")
@@ -31,17 +27,9 @@ FIRST_ORDER = ("imaml.solver=neumann", "imaml.solver_iters=1", "imaml.neumann_al
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", type=Path, help="a checkpoint file or a run directory")
+    parser = checkpoint_parser(__doc__, tasks=32, split="train")  # --tasks: per meta-batch
     parser.add_argument("--iters", default="1,2,5,20", help="solver iterations, ascending")
-    parser.add_argument("--tasks", type=int, default=32, help="tasks per meta-batch")
     parser.add_argument("--batches", type=int, default=4)
-    parser.add_argument("--split", default="train")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
-    parser.add_argument("--cache-dir", type=Path, default=None)
-    parser.add_argument("--json", action="store_true", help="one JSON object per row")
     args = parser.parse_args()
     iters = [int(k) for k in args.iters.split(",")]
     if not iters or min(iters) < 1 or iters != sorted(iters):
@@ -72,8 +60,7 @@ def main() -> None:
             f"λ = {model.config.imaml.lam}, solver {model.config.imaml.solver}, "
             f"reference: {iters[-1]} iterations"
         )
-        columns = ("dist. mean", "dist. max", "corr. med.", "corr. max", "residual")
-        print(f"{'iters':>6} " + " ".join(f"{c:>10}" for c in columns))
+        print_header("iters", ("dist. mean", "dist. max", "corr. med.", "corr. max", "residual"))
     for k, grads, info in rows:
         distance = (grads - reference).norm(dim=1) / reference.norm(dim=1)
         row = {
@@ -84,11 +71,7 @@ def main() -> None:
             "correction_max": info["solver_correction"].max().item(),
             "residual": info["solver_residual"].mean().item(),
         }
-        if args.json:
-            print(json.dumps(row), flush=True)
-        else:
-            values = " ".join(f"{v:10.4f}" for v in list(row.values())[1:])
-            print(f"{k:6d} {values}", flush=True)
+        print_row(row, args.json)
 
 
 if __name__ == "__main__":

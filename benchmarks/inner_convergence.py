@@ -15,12 +15,9 @@ many steps approach φ* where the inner optimizer converges.
 
 from __future__ import annotations
 
-import argparse
-import json
 from dataclasses import replace
-from pathlib import Path
 
-from imaml.cli import default_data_dir
+from _checkpoint_cli import checkpoint_parser, print_header, print_row
 from imaml.training import (
     Adaptation,
     DataSource,
@@ -32,16 +29,8 @@ from imaml.training.components import build_inner
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("checkpoint", type=Path, help="a checkpoint file or a run directory")
+    parser = checkpoint_parser(__doc__, tasks=20, split="val")
     parser.add_argument("--steps", default="0,4,8,16,32,64,128,256")
-    parser.add_argument("--tasks", type=int, default=20)
-    parser.add_argument("--split", default="val")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
-    parser.add_argument("--cache-dir", type=Path, default=None)
-    parser.add_argument("--json", action="store_true", help="one JSON object per row")
     args = parser.parse_args()
 
     model = load_trained_model(args.checkpoint, args.overrides)
@@ -56,7 +45,7 @@ def main() -> None:
             f"λ = {base.lam}, inner: {model.config.inner}"
         )
         columns = ("f(φ)", "L_s(φ)", "‖∇f(φ)‖", "‖φ−θ‖", metric, "λ_min(∇²f)", "λ_max(∇²f)")
-        print(f"{'steps':>6} " + " ".join(f"{c:>10}" for c in columns))
+        print_header("steps", columns)
     for steps in (int(k) for k in args.steps.split(",")):
         adaptation = replace(base, inner=build_inner(model.config.inner, steps))
         out = inner_progress(model.problem, model.params, tasks, adaptation)
@@ -70,11 +59,7 @@ def main() -> None:
             "min_curvature": out.min_curvature.mean().item(),
             "max_curvature": out.max_curvature.mean().item(),
         }
-        if args.json:
-            print(json.dumps(row), flush=True)
-        else:
-            values = " ".join(f"{v:10.4f}" for v in list(row.values())[1:])
-            print(f"{steps:6d} {values}", flush=True)
+        print_row(row, args.json)
 
 
 if __name__ == "__main__":
