@@ -81,39 +81,37 @@ def test_main_rejects_unknown_benchmark():
         main(["nonsense"])
 
 
-def test_inner_convergence_script_sweeps_a_checkpoints_inner_steps(tmp_path: Path) -> None:
+def run_checkpoint_benchmark(tmp_path: Path, script: str, *args: str) -> list[dict]:
+    """Train a 2-step sinusoid checkpoint, run ``benchmarks/<script>`` on it with ``--json``
+    and ``args``, and return its rows."""
     from imaml.config import load_config
     from imaml.training import DataSource, train
 
     overrides = ["train.meta_steps=2", "train.meta_batch=2", "train.val_every=0"]
     train(load_config("sinusoid", overrides)[1], tmp_path / "run", DataSource(tmp_path), quiet=True)
-    script = Path(__file__).parents[1] / "benchmarks" / "inner_convergence.py"
+    path = Path(__file__).parents[1] / "benchmarks" / script
     proc = subprocess.run(
-        [sys.executable, script, tmp_path / "run" / "checkpoint.pt", "--steps", "0,5", "--json",
-         "--tasks", "3", "--set", "inner.lr=0.01"],
+        [sys.executable, path, tmp_path / "run" / "checkpoint.pt", "--json", *args],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    rows = [json.loads(line) for line in proc.stdout.splitlines()]
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_inner_convergence_script_sweeps_a_checkpoints_inner_steps(tmp_path: Path) -> None:
+    rows = run_checkpoint_benchmark(
+        tmp_path, "inner_convergence.py", "--steps", "0,5", "--tasks", "3", "--set", "inner.lr=0.01"
+    )
     assert [r["steps"] for r in rows] == [0, 5]
     assert rows[0]["distance"] == 0 and rows[0]["objective"] == rows[0]["support_loss"]
     assert 0 < rows[1]["distance"] and rows[1]["objective"] < rows[0]["objective"]
 
 
 def test_implicit_correction_script_compares_solver_iterations(tmp_path: Path) -> None:
-    from imaml.config import load_config
-    from imaml.training import DataSource, train
-
-    overrides = ["train.meta_steps=2", "train.meta_batch=2", "train.val_every=0"]
-    train(load_config("sinusoid", overrides)[1], tmp_path / "run", DataSource(tmp_path), quiet=True)
-    script = Path(__file__).parents[1] / "benchmarks" / "implicit_correction.py"
-    proc = subprocess.run(
-        [sys.executable, script, tmp_path / "run" / "checkpoint.pt", "--iters", "1,40", "--json",
-         "--tasks", "3", "--batches", "2", "--set", "imaml.solver=cg"],
-        capture_output=True, text=True, check=False,
+    rows = run_checkpoint_benchmark(
+        tmp_path, "implicit_correction.py", "--iters", "1,40", "--tasks", "3", "--batches", "2",
+        "--set", "imaml.solver=cg",
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    rows = [json.loads(line) for line in proc.stdout.splitlines()]
     assert [r["iters"] for r in rows] == [0, 1, 40]
     first_order, _, reference = rows
     assert first_order["correction_max"] == 0 and reference["distance_max"] == 0
