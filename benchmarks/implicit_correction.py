@@ -20,6 +20,7 @@ import torch
 
 from _checkpoint_cli import checkpoint_parser, print_header, print_row
 from imaml import tree
+from imaml.config import from_dict
 from imaml.training import DataSource, build_sampler, load_trained_model, make_gradient_fn
 
 FIRST_ORDER = ("imaml.solver=neumann", "imaml.solver_iters=1", "imaml.neumann_alpha=1.0")
@@ -46,10 +47,9 @@ def main() -> None:
     ]
     rows = []  # (iters, (batches, P) mean gradients, per-task info over all batches)
     for k in [0, *iters]:
-        overrides = [*args.overrides, *(FIRST_ORDER if k == 0 else [f"imaml.solver_iters={k}"])]
-        trial = load_trained_model(args.checkpoint, overrides)
-        gradient_fn = make_gradient_fn(trial.config, trial.problem)
-        results = [gradient_fn(trial.params, tasks) for tasks in batches]
+        solver = FIRST_ORDER if k == 0 else [f"imaml.solver_iters={k}"]
+        gradient_fn = make_gradient_fn(from_dict(model.config.to_dict(), solver), model.problem)
+        results = [gradient_fn(model.params, tasks) for tasks in batches]
         grads = torch.stack([tree.flatten(g)[0] for g, _ in results])
         info = {key: torch.cat([i[key] for _, i in results]) for key in results[0][1]}
         rows.append((k, grads, info))
