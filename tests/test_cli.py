@@ -38,6 +38,7 @@ CONFIGS = [
     "omniglot-20w5s-hf",
     "omniglot-5w1s",
     "omniglot-5w1s-hf",
+    "omniglot-5w1s-maml",
     "omniglot-5w5s",
     "omniglot-5w5s-hf",
     "sinusoid",

@@ -23,8 +23,9 @@ from imaml.training import build_problem
 BUNDLED = [
     "omniglot-5w1s", "omniglot-5w5s", "omniglot-20w1s", "omniglot-20w5s",
     "omniglot-5w1s-hf", "omniglot-5w5s-hf", "omniglot-20w1s-hf", "omniglot-20w5s-hf",
-    "miniimagenet-5w1s", "sinusoid",
+    "omniglot-5w1s-maml", "miniimagenet-5w1s", "sinusoid",
 ]  # fmt: skip
+IMAML_OMNIGLOT = [n for n in BUNDLED if n.startswith("omniglot") and not n.endswith("-maml")]
 
 
 def test_the_bundled_configs_are_the_papers_settings() -> None:
@@ -44,7 +45,7 @@ def test_bundled_config_parses_and_builds_its_model(name: str) -> None:
     assert parse_config(config.to_toml()) == config
 
 
-@pytest.mark.parametrize("name", [n for n in BUNDLED if n.startswith("omniglot")])
+@pytest.mark.parametrize("name", IMAML_OMNIGLOT)
 def test_omniglot_configs_follow_table_2(name: str) -> None:
     _, config = load_config(name)
     # lam 0.5 where the paper's 2.0 was measured to fail (README, Omniglot); others: paper's.
@@ -61,6 +62,19 @@ def test_omniglot_configs_follow_table_2(name: str) -> None:
         assert config.inner.steps == (16 if config.data.ways == 5 else 25)
     if config.data.ways == 5:
         assert num_parameters(build_problem(config).model) == 113_221
+
+
+def test_the_maml_baseline_config_is_the_maml_papers_and_shares_imamls_data_and_model() -> None:
+    _, maml = load_config("omniglot-5w1s-maml")
+    _, imaml = load_config("omniglot-5w1s")
+    assert maml.algorithm == "maml"
+    # Finn et al. 2017, appendix A.1: 5-way Omniglot trains with one step of 0.4, tests with 3.
+    assert (maml.inner.optimizer, maml.inner.steps, maml.inner.lr) == ("gd", 1, 0.4)
+    assert maml.eval.inner_steps == 3
+    assert (maml.train.meta_batch, maml.train.outer_lr, maml.train.meta_steps) == (32, 1e-3, 60_000)
+    # Same tasks, model and test protocol as iMAML's config: only the meta-learning differs.
+    assert (maml.data, maml.model) == (imaml.data, imaml.model)
+    assert (maml.eval.tasks, maml.eval.split) == (imaml.eval.tasks, imaml.eval.split)
 
 
 def test_overrides_take_the_fields_type() -> None:
