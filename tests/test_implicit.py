@@ -198,6 +198,96 @@ def test_krylov_solver_converges_to_dense_on_mlp(mlp_problem, krylov):
         torch.testing.assert_close(approx[name], dense[name], rtol=1e-8, atol=1e-10)
 
 
+def stack_tasks(tasks, vectors: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Flattened per-task parameters -> {name: (B, *shape)}, as imaml.adapt returns them."""
+    return {k: torch.stack([tasks.unflatten(v)[k] for v in vectors]) for k in tasks.theta}
+
+
+def test_implicit_gradient_at_the_exact_solutions_is_the_closed_form(linear_tasks):
+    """φ* from a linear solve (an inner loop of the user's own): the exact meta-gradient."""
+    phi = stack_tasks(linear_tasks, [linear_tasks.prox_solution(i, LAM) for i in range(4)])
+    grads, info = imaml.implicit_gradient(
+        linear_loss, linear_tasks.theta, phi, linear_tasks.support, linear_tasks.query,
+        lam=LAM, solver=Dense(),
+    )  # fmt: skip
+    expected = torch.stack([linear_tasks.imaml_gradient(i, LAM) for i in range(4)]).mean(0)
+    torch.testing.assert_close(flat(grads), expected, rtol=1e-10, atol=1e-12)
+    assert torch.all(info["inner_grad_norm"] < 1e-12)
+
+
+def test_implicit_gradient_after_an_inner_loop_that_cannot_be_vmapped(linear_tasks):
+    """torch.optim.LBFGS on each task's proximal objective, in a Python loop (the README)."""
+
+    def lbfgs_solution(i: int) -> torch.Tensor:
+        phi = {k: v.clone().requires_grad_() for k, v in linear_tasks.theta.items()}
+        optimizer = torch.optim.LBFGS(
+            phi.values(), max_iter=100, tolerance_grad=1e-13, tolerance_change=0.0,
+            line_search_fn="strong_wolfe",
+        )  # fmt: skip
+
+        def closure() -> torch.Tensor:
+            optimizer.zero_grad()
+            step = flat(phi) - linear_tasks.theta_vec
+            loss = linear_loss(phi, linear_tasks.xs[i], linear_tasks.ys[i]) + LAM / 2 * step @ step
+            loss.backward()
+            return loss
+
+        optimizer.step(closure)
+        return flat(phi).detach()
+
+    solutions = [lbfgs_solution(i) for i in range(4)]
+    grads, _ = imaml.implicit_gradient(
+        linear_loss, linear_tasks.theta, stack_tasks(linear_tasks, solutions),
+        linear_tasks.support, linear_tasks.query, lam=LAM, solver=CG(10),
+    )  # fmt: skip
+    expected = torch.stack([linear_tasks.imaml_gradient(i, LAM) for i in range(4)]).mean(0)
+    torch.testing.assert_close(flat(grads), expected, rtol=1e-8, atol=1e-10)
+
+
+def test_implicit_gradient_at_any_phi_solves_at_that_phi(linear_tasks):
+    """Away from φ*: g_i = (I + H_i/λ)⁻¹ ∇L_q(φ_i), with φ_i as given, not re-adapted."""
+    g = torch.Generator().manual_seed(3)
+    vectors = [
+        linear_tasks.theta_vec + torch.randn(5, generator=g, dtype=torch.float64) for _ in range(4)
+    ]
+    _, info = imaml.implicit_gradient(
+        linear_loss, linear_tasks.theta, stack_tasks(linear_tasks, vectors), linear_tasks.support,
+        linear_tasks.query, lam=LAM, solver=Dense(),
+    )  # fmt: skip
+    grads = [
+        imaml.implicit_gradient(
+            linear_loss, linear_tasks.theta, stack_tasks(linear_tasks, [v]),
+            (linear_tasks.xs[i : i + 1], linear_tasks.ys[i : i + 1]),
+            (linear_tasks.xq[i : i + 1], linear_tasks.yq[i : i + 1]), lam=LAM, solver=Dense(),
+        )[0]
+        for i, v in enumerate(vectors)
+    ]  # fmt: skip
+    for i, v in enumerate(vectors):
+        h, c = linear_tasks.quadratic(linear_tasks.xs[i], linear_tasks.ys[i])
+        eye = torch.eye(5, dtype=h.dtype)
+        expected = torch.linalg.solve(eye + h / LAM, linear_tasks.query_grad(i, v))
+        torch.testing.assert_close(flat(grads[i]), expected, rtol=1e-10, atol=1e-12)
+        inner_grad = h @ v - c + LAM * (v - linear_tasks.theta_vec)
+        torch.testing.assert_close(info["inner_grad_norm"][i], inner_grad.norm())
+
+
+def test_meta_gradient_is_implicit_gradient_at_adapted_params(mlp_problem):
+    loss_fn, params, (xs, ys, xq, yq) = mlp_problem
+    inner, solver = GD(6, 0.1), CG(4)
+    grads, info = imaml.meta_gradient(
+        loss_fn, params, (xs, ys), (xq, yq), lam=LAM, inner=inner, solver=solver
+    )
+    phi = imaml.adapt(loss_fn, params, (xs, ys), lam=LAM, inner=inner)
+    again, info_again = imaml.implicit_gradient(
+        loss_fn, params, phi, (xs, ys), (xq, yq), lam=LAM, solver=solver
+    )
+    for name in params:
+        torch.testing.assert_close(again[name], grads[name], rtol=0, atol=0)
+    assert info_again.keys() == info.keys()
+    for key in info:
+        torch.testing.assert_close(info_again[key], info[key], rtol=0, atol=0)
+
+
 def test_hessian_vector_product_matches_finite_differences(mlp_problem):
     loss_fn, params, (xs, ys, _, _) = mlp_problem
     phi = tree.detach(params)
@@ -304,6 +394,24 @@ class TestBadInput:
             imaml.adapt(
                 linear_loss, linear_tasks.theta, linear_tasks.support, lam=-1.0, inner=GD(1, 0.1)
             )
+
+    def test_phi_must_match_params_and_tasks(self, linear_tasks):
+        phi = imaml.adapt(
+            linear_loss, linear_tasks.theta, linear_tasks.support, lam=LAM, inner=GD(1, 0.1)
+        )
+
+        def call(phi):
+            return imaml.implicit_gradient(
+                linear_loss, linear_tasks.theta, phi, linear_tasks.support, linear_tasks.query,
+                lam=LAM, solver=CG(2),
+            )  # fmt: skip
+
+        with pytest.raises(ValueError, match=r"missing \['b'\]"):
+            call({"w": phi["w"]})
+        with pytest.raises(ValueError, match=r"phi\['w'\] must be a tensor of shape \(4, 4\)"):
+            call({"w": phi["w"][:3], "b": phi["b"]})
+        with pytest.raises(ValueError, match=r"shape \(4,\).*got \(\)"):
+            call({"w": phi["w"], "b": phi["b"][0]})
 
 
 def test_generated_tasks_are_not_degenerate():

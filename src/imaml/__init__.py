@@ -7,7 +7,7 @@ and MAML, first-order MAML and Reptile on the same footing (:mod:`imaml.baseline
 
 from imaml import inner, solvers, tree
 from imaml.baselines import maml_gradient, reptile_gradient
-from imaml.implicit import adapt, meta_gradient
+from imaml.implicit import adapt, implicit_gradient, meta_gradient
 from imaml.losses import classification_loss, regression_loss
 from imaml.objective import Objective
 
@@ -18,6 +18,7 @@ __all__ = [
     "__version__",
     "adapt",
     "classification_loss",
+    "implicit_gradient",
     "inner",
     "maml_gradient",
     "meta_gradient",

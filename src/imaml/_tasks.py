@@ -35,6 +35,27 @@ def check_params(params: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]]) ->
     return tree.detach(params)
 
 
+def check_adapted(
+    phi: Mapping[str, Tensor] | Iterable[tuple[str, Tensor]], theta: Params, tasks: int
+) -> Params:
+    """Validate adapted parameters against θ and B = ``tasks``; return them detached."""
+    phi = dict(phi)
+    if set(phi) != set(theta):
+        raise ValueError(
+            f"phi must have the names of params; missing {sorted(set(theta) - set(phi))}, "
+            f"unexpected {sorted(set(phi) - set(theta))}"
+        )
+    for name, value in phi.items():
+        expected = (tasks, *theta[name].shape)
+        if not isinstance(value, Tensor) or value.shape != expected:
+            got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+            raise ValueError(
+                f"phi[{name!r}] must be a tensor of shape {expected} (one row per task, as "
+                f"imaml.adapt returns), got {got}"
+            )
+    return tree.detach(phi)
+
+
 def check_lam(lam: float) -> float:
     """Return ``lam`` as a float if it is a finite positive number, else raise ValueError."""
     lam = float(lam)

@@ -7,6 +7,9 @@ For each task i with support loss ``L_s`` and query loss ``L_q``:
 
 and the meta-gradient is the mean of ``g_i`` over the B tasks. The inner path is never
 differentiated, so memory does not grow with the number of inner steps.
+
+:func:`meta_gradient` does both; :func:`adapt` is the first line alone (test-time adaptation)
+and :func:`implicit_gradient` the second, at φ from anywhere.
 """
 
 from __future__ import annotations
@@ -20,7 +23,15 @@ from torch import Tensor
 from torch.func import grad_and_value, vmap
 
 from imaml import tree
-from imaml._tasks import Batch, cache_chunk, check_lam, map_tasks, prepare, task_mean
+from imaml._tasks import (
+    Batch,
+    cache_chunk,
+    check_adapted,
+    check_lam,
+    map_tasks,
+    prepare,
+    task_mean,
+)
 from imaml.inner import InnerOptimizer
 from imaml.objective import Objective
 from imaml.solvers import LinearSolver
@@ -44,6 +55,8 @@ def meta_gradient(
 ) -> tuple[Params, dict[str, Tensor]]:
     """The iMAML meta-gradient of a meta-batch of B tasks, computed for all tasks at once.
 
+    :func:`adapt` then :func:`implicit_gradient`, on inputs checked once.
+
     Args:
         loss_fn: ``loss_fn(params, *batch) -> loss`` for ONE task: a 0-d tensor, or with
             ``has_aux`` a pair ``(loss, {name: 0-d tensor})`` (e.g. an accuracy).
@@ -61,27 +74,125 @@ def meta_gradient(
             are large (:func:`imaml._tasks.cache_chunk`); the result does not change.
 
     Returns:
+        ``(grads, info)`` as :func:`implicit_gradient` returns them, at the φ* of ``inner``.
+    """
+    lam = check_lam(lam)
+    theta, (support, query), support_loss, query_loss = prepare(
+        loss_fn, params, has_aux, support=support, query=query
+    )
+    phi = _adapt(support_loss, theta, support, lam, inner, chunk_size)
+    return _implicit_gradient(
+        support_loss, query_loss, theta, phi, support, query, lam, solver, chunk_size
+    )
+
+
+def implicit_gradient(
+    loss_fn: Callable[..., Any],
+    params: ParamsLike,
+    phi: ParamsLike,
+    support: SplitLike,
+    query: SplitLike,
+    *,
+    lam: float,
+    solver: LinearSolver,
+    has_aux: bool = False,
+    chunk_size: int | None = None,
+) -> tuple[Params, dict[str, Tensor]]:
+    """The iMAML meta-gradient at given inner solutions φ (one per task), however found.
+
+    For each task, ``g_i = (I + H/λ)⁻¹ ∇L_q(φ_i)`` with ``H = ∇²L_s(φ_i)``: exact when φ_i
+    minimizes ``L_s(φ) + (λ/2)‖φ − θ‖²``. Use it with φ from your own inner loop (any
+    optimizer, not differentiated), or to compare solvers on the same φ without adapting
+    again; :func:`meta_gradient` is ``implicit_gradient`` at ``adapt``'s φ.
+
+    Args:
+        loss_fn, params, support, query, lam, solver, has_aux, chunk_size: as in
+            :func:`meta_gradient`.
+        phi: the adapted parameters, ``{name: tensor of shape (B, *params[name].shape)}``
+            (what :func:`adapt` returns); treated as constants (detached).
+
+    Returns:
         ``(grads, info)``: ``grads`` shaped like ``params`` (the mean over tasks; the
         direction that increases the query loss, as ``.grad`` would hold), and ``info``, a
-        dict of (B,) tensors: ``support_loss`` and ``query_loss`` at φ*, ``inner_grad_norm``
-        (‖∇L_s(φ*) + λ(φ* − θ)‖, how well the inner problem was solved), ``inner_distance``
-        (‖φ* − θ‖), ``inner_stationarity`` (``inner_grad_norm / (λ·inner_distance)``: 0 at
+        dict of (B,) tensors: ``support_loss`` and ``query_loss`` at φ, ``inner_grad_norm``
+        (‖∇L_s(φ) + λ(φ − θ)‖, how well the inner problem was solved), ``inner_distance``
+        (‖φ − θ‖), ``inner_stationarity`` (``inner_grad_norm / (λ·inner_distance)``: 0 at
         the exact minimizer, where the two terms cancel; near 1 when the support gradient
         has vanished but the proximal pull is unbalanced, i.e. far from it),
         ``solver_residual`` (‖A g − b‖/‖b‖), ``solver_min_curvature`` (the smallest
         ``vᵀAv/vᵀv`` of ``A = I + H/λ`` the solver found, NaN if it does not say: negative
         means ``A`` is indefinite, see :class:`imaml.solvers.Solution`),
         ``solver_max_curvature`` (the largest: gradient descent on the inner objective with
-        step ``lr`` cannot converge to φ* when ``lr·λ·solver_max_curvature > 2``) and
-        ``query_<name>`` for each aux entry.
+        step ``lr`` cannot converge to φ* when ``lr·λ·solver_max_curvature > 2``),
+        ``solver_correction`` (``‖g − ∇L_q(φ)‖/‖∇L_q(φ)‖``, how much the solve changed the
+        query gradient) and ``query_<name>`` for each aux entry.
+
+    Raises:
+        ValueError: ``phi`` does not have ``params``' names, or its tensors are not shaped
+            ``(B, *params[name].shape)`` for the B tasks of ``support``.
     """
     lam = check_lam(lam)
     theta, (support, query), support_loss, query_loss = prepare(
         loss_fn, params, has_aux, support=support, query=query
     )
+    phi = check_adapted(phi, theta, support[0].shape[0])
+    return _implicit_gradient(
+        support_loss, query_loss, theta, phi, support, query, lam, solver, chunk_size
+    )
 
-    def inner_solution(theta: Params, s: Batch) -> Params:
-        return inner(Objective(lambda p: support_loss(p, *s), theta, lam), theta)
+
+def adapt(
+    loss_fn: Callable[..., Any],
+    params: ParamsLike,
+    support: SplitLike,
+    *,
+    lam: float,
+    inner: InnerOptimizer,
+    has_aux: bool = False,
+    chunk_size: int | None = None,
+) -> Params:
+    """Adapt θ to each of B tasks: ``φ_i ≈ argmin L_s,i(φ) + (λ/2)‖φ − θ‖²``.
+
+    ``lam = 0`` gives plain adaptation on the support loss (as MAML and Reptile evaluate).
+    Returns ``{name: tensor of shape (B, *param.shape)}``; evaluate task i with
+    ``{k: v[i] for k, v in phi.items()}`` or vmap over the leading dimension.
+    """
+    lam = float(lam)
+    if lam != 0.0:
+        lam = check_lam(lam)
+    theta, (support,), support_loss, _ = prepare(loss_fn, params, has_aux, support=support)
+    return _adapt(support_loss, theta, support, lam, inner, chunk_size)
+
+
+def _adapt(
+    support_loss: Callable[..., Tensor],
+    theta: Params,
+    support: Batch,
+    lam: float,
+    inner: InnerOptimizer,
+    chunk_size: int | None,
+) -> Params:
+    """:func:`adapt` on checked inputs (λ = 0: plain adaptation on the support loss)."""
+
+    def one_task(theta: Params, s: Batch) -> Params:
+        objective = Objective(lambda p: support_loss(p, *s), theta if lam > 0 else None, lam)
+        return inner(objective, theta)
+
+    return map_tasks(one_task, theta, support, chunk_size=chunk_size)
+
+
+def _implicit_gradient(
+    support_loss: Callable[..., Tensor],
+    query_loss: Callable[..., Any],
+    theta: Params,
+    phi: Params,
+    support: Batch,
+    query: Batch,
+    lam: float,
+    solver: LinearSolver,
+    chunk_size: int | None,
+) -> tuple[Params, dict[str, Tensor]]:
+    """:func:`implicit_gradient` on checked inputs."""
 
     def query_gradient(phi: Params, q: Batch) -> tuple[Params, Tensor, dict[str, Tensor]]:
         q_grad, (q_loss, aux) = grad_and_value(lambda p: query_loss(p, *q), has_aux=True)(phi)
@@ -106,7 +217,6 @@ def meta_gradient(
             *curvature,
         )  # fmt: skip
 
-    phi = map_tasks(inner_solution, theta, support, chunk_size=chunk_size)
     q_grad, q_loss, aux = vmap(query_gradient, chunk_size=cache_chunk(query, chunk_size))(
         phi, query
     )
@@ -126,31 +236,3 @@ def meta_gradient(
         **{f"query_{k}": v for k, v in aux.items()},
     }
     return task_mean(per_task), info
-
-
-def adapt(
-    loss_fn: Callable[..., Any],
-    params: ParamsLike,
-    support: SplitLike,
-    *,
-    lam: float,
-    inner: InnerOptimizer,
-    has_aux: bool = False,
-    chunk_size: int | None = None,
-) -> Params:
-    """Adapt θ to each of B tasks: ``φ_i ≈ argmin L_s,i(φ) + (λ/2)‖φ − θ‖²``.
-
-    ``lam = 0`` gives plain adaptation on the support loss (as MAML and Reptile evaluate).
-    Returns ``{name: tensor of shape (B, *param.shape)}``; evaluate task i with
-    ``{k: v[i] for k, v in phi.items()}`` or vmap over the leading dimension.
-    """
-    lam = float(lam)
-    if lam != 0.0:
-        lam = check_lam(lam)
-    theta, (support,), support_loss, _ = prepare(loss_fn, params, has_aux, support=support)
-
-    def one_task(theta: Params, s: tuple[Tensor, ...]) -> Params:
-        objective = Objective(lambda p: support_loss(p, *s), theta if lam > 0 else None, lam)
-        return inner(objective, theta)
-
-    return map_tasks(one_task, theta, support, chunk_size=chunk_size)
