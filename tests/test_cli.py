@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -287,6 +288,13 @@ def test_plot_and_summary_read_a_run_dir(tmp_path: Path, capsys: Any) -> None:
     assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     code, _, err = run(capsys, "plot", tmp_path / "elsewhere")
     assert_one_line_error(code, err, "holds no training records")
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    code, _, err = run(capsys, "plot", run_dir, copy)
+    assert_one_line_error(code, err, "comparing 2 runs needs -o FILE.png")
+    code, out, _ = run(capsys, "plot", run_dir, copy, "-o", tmp_path / "compare.png")
+    assert code == 0 and out.strip() == str(tmp_path / "compare.png")
+    assert (tmp_path / "compare.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     code, out, _ = run(capsys, "summary", run_dir)
     assert code == 0 and out.splitlines()[1].startswith("meta-steps: 4 of 4, ")

@@ -21,7 +21,7 @@ from imaml.checkpoint import CheckpointError
 from imaml.config import Config, ConfigError, bundled_config_text, bundled_configs, load_config
 from imaml.data import DatasetError
 from imaml.distributed import device_for, init_world, shutdown
-from imaml.plot import PlotError, plot_run
+from imaml.plot import PlotError, plot_run, plot_validation
 from imaml.training import (
     EVAL_SEED,
     DataSource,
@@ -151,9 +151,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", nargs="?", metavar="NAME", help="print this config's TOML")
     p.set_defaults(func=_configs)
 
-    p = commands.add_parser("plot", help="plot a run's learning curves", description=_plot.__doc__)
-    p.add_argument("run_dir", metavar="RUN_DIR", type=Path)
-    p.add_argument("-o", "--out", type=Path, help="PNG file (default: RUN_DIR/curves.png)")
+    p = commands.add_parser(
+        "plot", help="plot a run's learning curves, or compare runs", description=_plot.__doc__
+    )
+    p.add_argument("run_dirs", metavar="RUN_DIR", type=Path, nargs="+")
+    p.add_argument(
+        "-o", "--out", type=Path,
+        help="PNG file (default for one run: RUN_DIR/curves.png; required to compare runs)",
+    )  # fmt: skip
     p.set_defaults(func=_plot)
 
     # `imaml bench ARGS` is forwarded to imaml.bench.main(ARGS) before parsing (see main).
@@ -277,8 +282,14 @@ def _configs(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    """Write a PNG of a run's learning curves."""
-    print(plot_run(args.run_dir, args.out))
+    """Write a PNG of a run's learning curves; with several runs, of their validation metric
+    against meta-steps and hours of meta-steps, side by side."""
+    if len(args.run_dirs) == 1:
+        print(plot_run(args.run_dirs[0], args.out))
+        return 0
+    if args.out is None:
+        raise PlotError(f"comparing {len(args.run_dirs)} runs needs -o FILE.png")
+    print(plot_validation(args.run_dirs, args.out))
     return 0
 
 

@@ -6,6 +6,7 @@ a finished one, or a copy committed elsewhere, without loading a model or any da
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,20 @@ class RunSummary:
 _NOT_DIAGNOSTICS = {"step", "split", "sec_per_step", "tasks_per_sec"}
 
 
+def elapsed_seconds(train_records: Sequence[Mapping[str, Any]]) -> list[tuple[int, float]]:
+    """``(step, seconds of meta-steps up to it)`` at each training record, in order.
+
+    Each record's ``sec_per_step`` times the steps since the previous record, summed (see
+    :attr:`RunSummary.train_seconds`).
+    """
+    elapsed, seconds, previous = [], 0.0, 0
+    for record in train_records:
+        seconds += record["sec_per_step"] * (record["step"] - previous)
+        previous = record["step"]
+        elapsed.append((previous, seconds))
+    return elapsed
+
+
 def summarize_run(
     run_dir: str | Path, recent_steps: int = 250, until: int | None = None
 ) -> RunSummary:
@@ -113,10 +128,7 @@ def summarize_run(
     if not train:
         upto = "" if until is None else f" up to step {until}"
         raise SummaryError(f"{run.metrics} holds no training records{upto} yet")
-    seconds, previous = 0.0, 0
-    for record in train:
-        seconds += record["sec_per_step"] * (record["step"] - previous)
-        previous = record["step"]
+    seconds = elapsed_seconds(train)[-1][1]
     validation = tuple(
         (r["step"], EvalResult.from_dict(r)) for r in records if r.get("split") == "val"
     )
