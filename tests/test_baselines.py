@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import imaml
-from imaml import tree
+from imaml import _tasks, tree
 from imaml.bench.accuracy import linear_loss
 from imaml.inner import GD, Adam
 
@@ -82,3 +82,23 @@ def test_maml_matches_finite_differences_on_mlp(mlp_problem, inner):
     eps = 1e-6
     fd = (meta_loss(tree.axpy(eps, v, theta)) - meta_loss(tree.axpy(-eps, v, theta))) / (2 * eps)
     torch.testing.assert_close(tree.dot(grads, v), fd, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("first_order", [False, True], ids=["maml", "fomaml"])
+def test_cache_sized_chunks_of_tasks_change_nothing(mlp_problem, monkeypatch, first_order):
+    """With a tiny CPU chunk budget the tasks go through one at a time: same results."""
+    loss_fn, params, (xs, ys, xq, yq) = mlp_problem
+
+    def run():
+        return imaml.maml_gradient(
+            loss_fn, params, (xs, ys), (xq, yq), inner=GD(3, 0.1), first_order=first_order
+        )
+
+    whole, info = run()
+    monkeypatch.setattr(_tasks, "CPU_CHUNK_ELEMENTS", 1)
+    assert _tasks.cache_chunk((xq, yq), None) == 1 < xq.shape[0]
+    chunked, info_chunked = run()
+    for name in params:
+        torch.testing.assert_close(chunked[name], whole[name], rtol=1e-12, atol=1e-14)
+    for key in info:
+        torch.testing.assert_close(info_chunked[key], info[key], rtol=1e-12, atol=1e-14)

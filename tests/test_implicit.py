@@ -8,7 +8,7 @@ from torch import nn
 
 import imaml
 from conftest import make_linear_tasks
-from imaml import tree
+from imaml import _tasks, tree
 from imaml.bench.accuracy import linear_loss
 from imaml.inner import GD, HessianFree
 from imaml.solvers import CG, MINRES, Dense, Neumann
@@ -180,6 +180,18 @@ def test_chunked_equals_unchunked(mlp_problem):
     chunked, _ = imaml.meta_gradient(loss_fn, params, (xs, ys), (xq, yq), chunk_size=2, **kwargs)
     for name in params:
         torch.testing.assert_close(full[name], chunked[name])
+
+
+def test_cache_sized_query_chunks_change_nothing(mlp_problem, monkeypatch):
+    loss_fn, params, (xs, ys, xq, yq) = mlp_problem
+    kwargs = dict(lam=LAM, inner=GD(5, 0.1), solver=CG(3))
+    whole, info = imaml.meta_gradient(loss_fn, params, (xs, ys), (xq, yq), **kwargs)
+    monkeypatch.setattr(_tasks, "CPU_CHUNK_ELEMENTS", 1)  # one task per query chunk
+    chunked, info_chunked = imaml.meta_gradient(loss_fn, params, (xs, ys), (xq, yq), **kwargs)
+    for name in params:
+        torch.testing.assert_close(chunked[name], whole[name], rtol=1e-12, atol=1e-14)
+    for key in info:
+        torch.testing.assert_close(info_chunked[key], info[key], rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("krylov", [CG(60, tol=1e-13), MINRES(60, tol=1e-13)], ids=["cg", "minres"])

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.func import vmap
+from torch.func import grad_and_value, vmap
 
 from imaml import tree
 from imaml.objective import check_scalar_loss
@@ -164,3 +164,19 @@ def cache_chunk(split: Batch, chunk_size: int | None) -> int | None:
 def task_mean(per_task: Params) -> Params:
     """Average a tree with a leading task dimension over that dimension."""
     return {k: v.mean(dim=0) for k, v in per_task.items()}
+
+
+def query_gradients(
+    query_loss: Callable[..., LossAndAux], phi: Params, query: Batch, chunk_size: int | None
+) -> tuple[Params, Tensor, dict[str, Tensor]]:
+    """``∇L_q(φ_i)``, ``L_q(φ_i)`` and the aux dict of each task, in cache-sized vmap chunks.
+
+    ``phi`` holds a leading task dimension B; returns a tree shaped like ``phi``, a (B,)
+    tensor and a dict of (B,) tensors. Chunks as :func:`cache_chunk` says.
+    """
+
+    def one_task(phi: Params, q: Batch) -> tuple[Params, Tensor, dict[str, Tensor]]:
+        g, (loss, aux) = grad_and_value(lambda p: query_loss(p, *q), has_aux=True)(phi)
+        return g, loss, aux
+
+    return vmap(one_task, chunk_size=cache_chunk(query, chunk_size))(phi, query)

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor
-from torch.func import grad, grad_and_value
+from torch.func import grad, vmap
 
 from imaml import tree
-from imaml._tasks import map_tasks, prepare, task_mean
+from imaml._tasks import Batch, cache_chunk, map_tasks, prepare, query_gradients, task_mean
 from imaml.implicit import ParamsLike, SplitLike
 from imaml.inner import InnerOptimizer
 from imaml.objective import Objective
@@ -36,6 +36,9 @@ def maml_gradient(
     ``φ(θ)`` is ``inner`` run on the unregularized support loss from θ. With
     ``first_order``, the inner path is not differentiated: the gradient is ``∇L_q(φ)``
     (first-order MAML). Memory grows with the number of inner steps unless first-order.
+    On the CPU, large query sets go through in cache-sized chunks of tasks (the whole
+    per-task graph for MAML, the query pass for first-order MAML), as in
+    :func:`imaml.meta_gradient`; the result does not change.
 
     Arguments and shapes are those of :func:`imaml.meta_gradient` (without ``lam`` and
     ``solver``). Returns ``(grads, info)``: grads shaped like ``params`` (mean over the B
@@ -46,29 +49,38 @@ def maml_gradient(
         loss_fn, params, has_aux, support=support, query=query
     )
 
-    def one_task(theta: Params, s: tuple[Tensor, ...], q: tuple[Tensor, ...]):
-        objective_of = Objective(lambda p: support_loss(p, *s))
+    def adapted(theta: Params, s: Batch) -> Params:
+        return inner(Objective(lambda p: support_loss(p, *s)), theta)
 
+    def through_inner_loop(theta: Params, s: Batch, q: Batch):
         def adapted_query_loss(th: Params):
-            phi = inner(objective_of, th)
+            phi = adapted(th, s)
             q_loss, aux = query_loss(phi, *q)
             return q_loss, (phi, q_loss, aux)
 
-        if first_order:
-            phi = inner(objective_of, theta)
-            g, (q_loss, aux) = grad_and_value(lambda p: query_loss(p, *q), has_aux=True)(phi)
-        else:
-            g, (phi, q_loss, aux) = grad(adapted_query_loss, has_aux=True)(theta)
-        s_loss, s_grad = objective_of.value_and_grad(phi)
-        info = {
-            "support_loss": s_loss,
-            "query_loss": q_loss,
-            "inner_grad_norm": tree.norm(s_grad),
-            **{f"query_{k}": v for k, v in aux.items()},
-        }
-        return g, info
+        g, (phi, q_loss, aux) = grad(adapted_query_loss, has_aux=True)(theta)
+        return g, phi, q_loss, aux
 
-    per_task, info = map_tasks(one_task, theta, support, query, chunk_size=chunk_size)
+    if first_order:  # adapt all tasks, then the query passes in cache-sized chunks
+        phi = map_tasks(adapted, theta, support, chunk_size=chunk_size)
+        per_task, q_loss, aux = query_gradients(query_loss, phi, query, chunk_size)
+    else:  # one graph per task through its inner loop, in cache-sized chunks of tasks
+        per_task, phi, q_loss, aux = map_tasks(
+            through_inner_loop, theta, support, query,
+            chunk_size=cache_chunk((*support, *query), chunk_size),
+        )  # fmt: skip
+
+    def support_info(phi: Params, s: Batch) -> tuple[Tensor, Tensor]:
+        s_loss, s_grad = Objective(lambda p: support_loss(p, *s)).value_and_grad(phi)
+        return s_loss, tree.norm(s_grad)
+
+    s_loss, s_grad_norm = vmap(support_info, chunk_size=chunk_size)(phi, support)
+    info = {
+        "support_loss": s_loss,
+        "query_loss": q_loss,
+        "inner_grad_norm": s_grad_norm,
+        **{f"query_{k}": v for k, v in aux.items()},
+    }
     return task_mean(per_task), info
 
 

@@ -20,16 +20,16 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.func import grad_and_value, vmap
+from torch.func import vmap
 
 from imaml import tree
 from imaml._tasks import (
     Batch,
-    cache_chunk,
     check_adapted,
     check_lam,
     map_tasks,
     prepare,
+    query_gradients,
     task_mean,
 )
 from imaml.inner import InnerOptimizer
@@ -194,10 +194,6 @@ def _implicit_gradient(
 ) -> tuple[Params, dict[str, Tensor]]:
     """:func:`implicit_gradient` on checked inputs."""
 
-    def query_gradient(phi: Params, q: Batch) -> tuple[Params, Tensor, dict[str, Tensor]]:
-        q_grad, (q_loss, aux) = grad_and_value(lambda p: query_loss(p, *q), has_aux=True)(phi)
-        return q_grad, q_loss, aux
-
     def solve(theta: Params, phi: Params, s: Batch, q_grad: Params):
         s_loss, s_grad, hess = Objective(lambda p: support_loss(p, *s)).linearize(phi)
 
@@ -217,9 +213,7 @@ def _implicit_gradient(
             *curvature,
         )  # fmt: skip
 
-    q_grad, q_loss, aux = vmap(query_gradient, chunk_size=cache_chunk(query, chunk_size))(
-        phi, query
-    )
+    q_grad, q_loss, aux = query_gradients(query_loss, phi, query, chunk_size)
     per_task, s_loss, inner_grad_norm, distance, residual, correction, min_curv, max_curv = vmap(
         solve, in_dims=(None, 0, 0, 0), chunk_size=chunk_size
     )(theta, phi, support, q_grad)
