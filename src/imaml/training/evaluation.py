@@ -14,7 +14,7 @@ from torch.func import vmap
 
 import imaml
 from imaml import checkpoint, tree
-from imaml._tasks import prepare
+from imaml._tasks import cache_chunk, prepare
 from imaml.config import Config, ConfigError
 from imaml.data import TaskBatch, TaskSampler
 from imaml.objective import Objective
@@ -97,7 +97,8 @@ def evaluate(
     """Adapt ``params`` to tasks ``0..tasks-1`` of ``sampler``, ``batch`` at a time, and score.
 
     Each batch runs as one :func:`imaml.adapt` call (vmapped over its tasks); the query metric
-    of each adapted model is computed with one vmapped forward pass.
+    of each adapted model is computed with vmapped forward passes (in cache-sized chunks of
+    tasks on the CPU, :func:`imaml._tasks.cache_chunk`).
     """
     losses, metrics = [], []
     with torch.no_grad():
@@ -112,7 +113,8 @@ def evaluate(
                 has_aux=problem.has_aux,
                 chunk_size=adaptation.chunk_size,
             )
-            loss, metric = vmap(problem.score)(phi, b.xq, b.yq)
+            chunk = cache_chunk((b.xq, b.yq), adaptation.chunk_size)
+            loss, metric = vmap(problem.score, chunk_size=chunk)(phi, b.xq, b.yq)
             losses.append(loss)
             metrics.append(metric)
     values = torch.cat(metrics).double()
