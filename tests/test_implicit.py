@@ -424,6 +424,8 @@ class TestBadInput:
             call({"w": phi["w"][:3], "b": phi["b"]})
         with pytest.raises(ValueError, match=r"shape \(4,\).*got \(\)"):
             call({"w": phi["w"], "b": phi["b"][0]})
+        with pytest.raises(ValueError, match=r"phi\['b'\] is torch.float32 on cpu, but"):
+            call({"w": phi["w"], "b": phi["b"].float()})
 
 
 def test_generated_tasks_are_not_degenerate():

@@ -53,6 +53,11 @@ def check_adapted(
                 f"phi[{name!r}] must be a tensor of shape {expected} (one row per task, as "
                 f"imaml.adapt returns), got {got}"
             )
+        if (value.dtype, value.device) != (theta[name].dtype, theta[name].device):
+            raise ValueError(
+                f"phi[{name!r}] is {value.dtype} on {value.device}, but params[{name!r}] is "
+                f"{theta[name].dtype} on {theta[name].device}; adapt on the same dtype and device"
+            )
     return tree.detach(phi)
 
 
