@@ -10,7 +10,8 @@ from torch import Tensor
 from torch.func import grad_and_value, vmap
 
 from imaml import tree
-from imaml.objective import check_scalar_loss
+from imaml.inner import InnerOptimizer
+from imaml.objective import Objective, check_scalar_loss
 from imaml.tree import Params
 
 Batch = tuple[Tensor, ...]
@@ -185,3 +186,47 @@ def query_gradients(
         return g, loss, aux
 
     return vmap(one_task, chunk_size=cache_chunk(query, chunk_size))(phi, query)
+
+
+def adapt_task(
+    support_loss: Callable[..., Tensor],
+    theta: Params,
+    support: Batch,
+    lam: float,
+    inner: InnerOptimizer,
+) -> Params:
+    """One task's φ: ``inner`` run from θ on ``L_s(φ) + (λ/2)‖φ − θ‖²`` (λ = 0: ``L_s`` alone).
+
+    ``support`` holds one task's tensors (no task dimension); differentiable in θ when
+    ``inner`` is (MAML backpropagates through it).
+    """
+    center = theta if lam > 0 else None
+    return inner(Objective(lambda p: support_loss(p, *support), center, lam), theta)
+
+
+def adapt_tasks(
+    support_loss: Callable[..., Tensor],
+    theta: Params,
+    support: Batch,
+    lam: float,
+    inner: InnerOptimizer,
+    chunk_size: int | None,
+) -> Params:
+    """:func:`adapt_task` for each of the B tasks of ``support``: a tree with a leading B."""
+
+    def one_task(theta: Params, s: Batch) -> Params:
+        return adapt_task(support_loss, theta, s, lam, inner)
+
+    return map_tasks(one_task, theta, support, chunk_size=chunk_size)
+
+
+def support_fit(
+    support_loss: Callable[..., Tensor], phi: Params, support: Batch, chunk_size: int | None
+) -> tuple[Tensor, Tensor]:
+    """``L_s(φ_i)`` and ``‖∇L_s(φ_i)‖`` of each task at its adapted φ_i: two (B,) tensors."""
+
+    def one_task(phi: Params, s: Batch) -> tuple[Tensor, Tensor]:
+        loss, grad = Objective(lambda p: support_loss(p, *s)).value_and_grad(phi)
+        return loss, tree.norm(grad)
+
+    return vmap(one_task, chunk_size=chunk_size)(phi, support)

@@ -10,13 +10,22 @@ from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor
-from torch.func import grad, vmap
+from torch.func import grad
 
 from imaml import tree
-from imaml._tasks import Batch, cache_chunk, map_tasks, prepare, query_gradients, task_mean
+from imaml._tasks import (
+    Batch,
+    adapt_task,
+    adapt_tasks,
+    cache_chunk,
+    map_tasks,
+    prepare,
+    query_gradients,
+    support_fit,
+    task_mean,
+)
 from imaml.implicit import ParamsLike, SplitLike
 from imaml.inner import InnerOptimizer
-from imaml.objective import Objective
 from imaml.tree import Params
 
 
@@ -49,12 +58,9 @@ def maml_gradient(
         loss_fn, params, has_aux, support=support, query=query
     )
 
-    def adapted(theta: Params, s: Batch) -> Params:
-        return inner(Objective(lambda p: support_loss(p, *s)), theta)
-
     def through_inner_loop(theta: Params, s: Batch, q: Batch):
         def adapted_query_loss(th: Params):
-            phi = adapted(th, s)
+            phi = adapt_task(support_loss, th, s, 0.0, inner)
             q_loss, aux = query_loss(phi, *q)
             return q_loss, (phi, q_loss, aux)
 
@@ -62,7 +68,7 @@ def maml_gradient(
         return g, phi, q_loss, aux
 
     if first_order:  # adapt all tasks, then the query passes in cache-sized chunks
-        phi = map_tasks(adapted, theta, support, chunk_size=chunk_size)
+        phi = adapt_tasks(support_loss, theta, support, 0.0, inner, chunk_size)
         per_task, q_loss, aux = query_gradients(query_loss, phi, query, chunk_size)
     else:  # one graph per task through its inner loop, in cache-sized chunks of tasks
         per_task, phi, q_loss, aux = map_tasks(
@@ -70,11 +76,7 @@ def maml_gradient(
             chunk_size=cache_chunk((*support, *query), chunk_size),
         )  # fmt: skip
 
-    def support_info(phi: Params, s: Batch) -> tuple[Tensor, Tensor]:
-        s_loss, s_grad = Objective(lambda p: support_loss(p, *s)).value_and_grad(phi)
-        return s_loss, tree.norm(s_grad)
-
-    s_loss, s_grad_norm = vmap(support_info, chunk_size=chunk_size)(phi, support)
+    s_loss, s_grad_norm = support_fit(support_loss, phi, support, chunk_size)
     info = {
         "support_loss": s_loss,
         "query_loss": q_loss,
@@ -100,13 +102,7 @@ def reptile_gradient(
     holds (B,) tensors ``support_loss`` and ``inner_grad_norm`` (‖∇L_s(φ)‖) at φ.
     """
     theta, (support,), support_loss, _ = prepare(loss_fn, params, has_aux, support=support)
-
-    def one_task(theta: Params, s: tuple[Tensor, ...]):
-        objective = Objective(lambda p: support_loss(p, *s))
-        phi = inner(objective, theta)
-        s_loss, s_grad = objective.value_and_grad(phi)
-        info = {"support_loss": s_loss, "inner_grad_norm": tree.norm(s_grad)}
-        return tree.sub(theta, phi), info
-
-    per_task, info = map_tasks(one_task, theta, support, chunk_size=chunk_size)
-    return task_mean(per_task), info
+    phi = adapt_tasks(support_loss, theta, support, 0.0, inner, chunk_size)
+    s_loss, s_grad_norm = support_fit(support_loss, phi, support, chunk_size)
+    info = {"support_loss": s_loss, "inner_grad_norm": s_grad_norm}
+    return task_mean(tree.sub(theta, phi)), info  # θ broadcasts over the B tasks of φ

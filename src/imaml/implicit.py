@@ -25,9 +25,9 @@ from torch.func import vmap
 from imaml import tree
 from imaml._tasks import (
     Batch,
+    adapt_tasks,
     check_adapted,
     check_lam,
-    map_tasks,
     prepare,
     query_gradients,
     task_mean,
@@ -80,7 +80,7 @@ def meta_gradient(
     theta, (support, query), support_loss, query_loss = prepare(
         loss_fn, params, has_aux, support=support, query=query
     )
-    phi = _adapt(support_loss, theta, support, lam, inner, chunk_size)
+    phi = adapt_tasks(support_loss, theta, support, lam, inner, chunk_size)
     return _implicit_gradient(
         support_loss, query_loss, theta, phi, support, query, lam, solver, chunk_size
     )
@@ -161,24 +161,7 @@ def adapt(
     if lam != 0.0:
         lam = check_lam(lam)
     theta, (support,), support_loss, _ = prepare(loss_fn, params, has_aux, support=support)
-    return _adapt(support_loss, theta, support, lam, inner, chunk_size)
-
-
-def _adapt(
-    support_loss: Callable[..., Tensor],
-    theta: Params,
-    support: Batch,
-    lam: float,
-    inner: InnerOptimizer,
-    chunk_size: int | None,
-) -> Params:
-    """:func:`adapt` on checked inputs (λ = 0: plain adaptation on the support loss)."""
-
-    def one_task(theta: Params, s: Batch) -> Params:
-        objective = Objective(lambda p: support_loss(p, *s), theta if lam > 0 else None, lam)
-        return inner(objective, theta)
-
-    return map_tasks(one_task, theta, support, chunk_size=chunk_size)
+    return adapt_tasks(support_loss, theta, support, lam, inner, chunk_size)
 
 
 def _implicit_gradient(
