@@ -84,6 +84,7 @@ def test_overrides_take_the_fields_type() -> None:
     assert parse_override("algorithm=maml") == ("algorithm", "maml")  # bare word: a string
     assert parse_override('algorithm="reptile"') == ("algorithm", "reptile")
     assert parse_override("data.rotations=false") == ("data.rotations", False)
+    assert parse_override("data.character_split=random") == ("data.character_split", "random")
     assert parse_override("model.hidden=[8, 8]") == ("model.hidden", [8, 8])
     milestones = ("train.outer_lr_milestones", [8000, 12000])
     assert parse_override("train.outer_lr_milestones=[8000, 12000]") == milestones
@@ -102,6 +103,7 @@ def test_overrides_take_the_fields_type() -> None:
         ("inner.lr=fast", "inner.lr must be a number"),
         ("algorithm=sgd", "algorithm must be one of 'imaml', 'maml', 'fomaml', 'reptile'"),
         ("data.rotations=1", "data.rotations must be a boolean"),
+        ("data.character_split=alphabets", "data.character_split must be one of 'vinyals', 'r"),
         ("model.hidden=[4, 'x']", "model.hidden[1] must be an integer"),
         ("train=5", "train is a table"),
         ("train.seed.x=5", "train.seed is not a table"),
@@ -129,6 +131,10 @@ def test_unknown_key_lists_the_valid_ones() -> None:
         ({"train": 3}, "train must be a table"),
         ({"model": {"name": "mlp"}}, "model.name 'mlp' needs data.dataset 'sinusoid'"),
         ({"data": {"dataset": "miniimagenet", "train_split": "trainval"}}, "no 'trainval'"),
+        (
+            {"data": {"dataset": "miniimagenet", "character_split": "random"}},
+            "data.character_split 'random' needs data.dataset 'omniglot'",
+        ),
         ({"train": {"outer_lr_gamma": 0.0}}, "train.outer_lr_gamma must be > 0"),
         ({"train": {"outer_lr_milestones": [0]}}, "must be increasing meta-steps > 0, got"),
         ({"train": {"outer_lr_milestones": [50, 50]}}, "must be increasing meta-steps > 0"),

@@ -107,6 +107,42 @@ def test_test_characters_are_disjoint_from_train_and_val(splits: dict[str, Omnig
     assert set(splits["test"].class_character_ids.tolist()) == ids["test"]
 
 
+def test_random_split_partitions_all_characters_by_its_seed():
+    ids = {split: omniglot.random_split_ids(split, seed=7) for split in SPLITS}
+    for split, split_ids in ids.items():
+        assert len(split_ids) == CHARACTERS[split] == len(set(split_ids.tolist()))
+        assert np.array_equal(split_ids, np.sort(split_ids))
+        assert np.array_equal(split_ids, omniglot.random_split_ids(split, seed=7))
+    assert np.array_equal(np.sort(np.concatenate([ids["train"], ids["val"]])), ids["trainval"])
+    everything = np.sort(np.concatenate([ids["trainval"], ids["test"]]))
+    assert np.array_equal(everything, np.arange(1, 1624))
+    # a seeded permutation, not the Vinyals ids: test draws from both sets
+    assert not np.array_equal(ids["test"], omniglot.random_split_ids("test", seed=8))
+    assert ids["test"].min() <= 964 < ids["test"].max()
+
+
+@real
+def test_random_split_tests_unseen_characters_of_training_alphabets(
+    splits: dict[str, Omniglot], cache_dir: Path
+):
+    random = {
+        split: Omniglot(OMNIGLOT, split, cache_dir=cache_dir, character_split="random")
+        for split in ("trainval", "test")
+    }
+    test, trainval = random["test"], random["trainval"]
+    assert test.character_split == "random" and test.num_classes == CLASSES["test"]
+    assert np.array_equal(test.character_ids, omniglot.random_split_ids("test", seed=0))
+    assert not set(test.character_ids.tolist()) & set(trainval.character_ids.tolist())
+    # MAML's protocol: the test characters' alphabets are training alphabets (Vinyals: 1 of 13)
+    assert set(test.alphabets) <= set(trainval.alphabets)
+    assert len(set(splits["test"].alphabets) & set(splits["trainval"].alphabets)) == 1
+    # the same images as in the Vinyals split, class by class
+    vinyals = {name: i for i, name in enumerate(splits["test"].class_names)}
+    shared = [(i, vinyals[name]) for i, name in enumerate(test.class_names) if name in vinyals]
+    assert shared
+    assert all(np.array_equal(test.images[i], splits["test"].images[j]) for i, j in shared)
+
+
 @real
 def test_classes_match_the_vinyals_split_files(splits: dict[str, Omniglot]):
     for split, data in splits.items():
@@ -292,6 +328,8 @@ def test_missing_set_says_what_to_put_where(tmp_path: Path):
         Omniglot(tmp_path, "validation")
     with pytest.raises(ValueError, match="image_size"):
         Omniglot(tmp_path, "test", image_size=0)
+    with pytest.raises(ValueError, match="unknown Omniglot character split 'alphabet'"):
+        Omniglot(tmp_path, "test", character_split="alphabet")
 
 
 def test_truncated_zip(tmp_path: Path):

@@ -18,6 +18,7 @@ from imaml import _tasks, checkpoint
 from imaml.bench.accuracy import linear_loss
 from imaml.config import Config, load_config
 from imaml.data import TaskBatch
+from imaml.data.omniglot import random_split_ids
 from imaml.distributed import World
 from imaml.training import (
     Adaptation,
@@ -361,6 +362,21 @@ def test_inner_progress_measures_the_distance_to_the_proximal_minimizer(
     torch.testing.assert_close(
         end.objective, end.support_loss + 0.5 * lam * (phi - theta).pow(2).sum(-1)
     )
+
+
+@pytest.mark.skipif(
+    not (Path(os.environ.get("IMAML_DATA", "/nonexistent")) / "omniglot").is_dir(),
+    reason="IMAML_DATA holds no omniglot/ folder",
+)
+def test_the_configs_character_split_picks_omniglots_characters(tmp_path: Path) -> None:
+    source = DataSource(Path(os.environ["IMAML_DATA"]), cache_dir=tmp_path)
+    split = ["data.character_split=random", "data.character_seed=3"]
+    config = load_config("omniglot-5w1s", split)[1]
+    test = build_sampler(config, "test", source, seed=0).dataset
+    assert test.character_split == "random"
+    assert test.character_ids.tolist() == random_split_ids("test", seed=3).tolist()
+    vinyals = build_sampler(load_config("omniglot-5w1s")[1], "test", source, seed=0).dataset
+    assert vinyals.character_split == "vinyals" and vinyals.character_ids.min() == 1201
 
 
 def test_held_out_sinusoid_tasks_differ_from_training_tasks() -> None:

@@ -4,7 +4,8 @@ A config is a TOML file with two top-level keys and six tables::
 
     algorithm = "imaml"            # imaml | maml | fomaml | reptile
     description = "one line"
-    [data]   dataset, ways, shots, query_shots, image_size, rotations, train_split, val_split
+    [data]   dataset, ways, shots, query_shots, image_size, rotations, train_split, val_split,
+             character_split, character_seed
     [model]  name, filters, downsample, hidden
     [inner]  optimizer, steps, lr, cg_iters, ls_steps
     [imaml]  lam, solver, solver_iters, neumann_alpha
@@ -46,9 +47,12 @@ class ConfigError(ValueError):
 class DataConfig:
     """Which tasks to meta-learn: the data set and the N-way K-shot episode shape.
 
-    ``image_size`` and ``rotations`` apply to Omniglot (mini-ImageNet is 84×84; the model
-    reads ``image_size``); ``ways`` is ignored for sinusoids. Splits: ``train`` / ``val`` /
-    ``test`` / ``trainval`` (Omniglot's Vinyals split; mini-ImageNet has no ``trainval``).
+    ``image_size``, ``rotations``, ``character_split`` and ``character_seed`` apply to Omniglot
+    (mini-ImageNet is 84×84; the model reads ``image_size``); ``ways`` is ignored for sinusoids.
+    Splits: ``train`` / ``val`` / ``test`` / ``trainval`` (mini-ImageNet has no ``trainval``), of
+    Omniglot's Vinyals character split (test alphabets unseen in training) or, with
+    ``character_split = "random"``, of a random one drawn with ``character_seed`` (MAML's and
+    iMAML's protocol: test characters from training alphabets; :class:`imaml.data.Omniglot`).
     """
 
     dataset: Literal["omniglot", "miniimagenet", "sinusoid"] = "omniglot"
@@ -59,6 +63,8 @@ class DataConfig:
     rotations: bool = True
     train_split: Split = "train"
     val_split: Split = "val"
+    character_split: Literal["vinyals", "random"] = "vinyals"
+    character_seed: int = 0
 
 
 @dataclass
@@ -260,6 +266,11 @@ def _validate(config: Config) -> Config:
     splits = (config.data.train_split, config.data.val_split, config.eval.split)
     if config.data.dataset == "miniimagenet" and "trainval" in splits:
         raise ConfigError("mini-ImageNet has no 'trainval' split; use 'train', 'val' or 'test'")
+    if config.data.character_split != "vinyals" and config.data.dataset != "omniglot":
+        raise ConfigError(
+            f"data.character_split {config.data.character_split!r} needs data.dataset 'omniglot'"
+            f" (mini-ImageNet's classes are fixed by its split files); remove it"
+        )
     milestones = config.train.outer_lr_milestones
     if any(m < 1 for m in milestones) or milestones != sorted(set(milestones)):
         raise ConfigError(

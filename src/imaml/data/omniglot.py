@@ -1,4 +1,4 @@
-"""Omniglot (Lake et al. 2015) with the Vinyals et al. (2016) character split.
+"""Omniglot (Lake et al. 2015) with the Vinyals et al. (2016) or a random character split.
 
 Sources, looked up in ``root`` per set (``background`` = character ids 1-964, ``evaluation`` =
 965-1623), first match wins:
@@ -117,7 +117,13 @@ VAL_ALPHABETS = frozenset(
     {"Armenian", "Bengali", "Early_Aramaic", "Hebrew", "Mkhedruli_(Georgian)"}
 )
 
-#: Which sets each split needs (the validation alphabets are all background alphabets).
+#: The character splits: ``vinyals`` (fixed lists) and ``random`` (see :func:`random_split_ids`).
+CHARACTER_SPLITS = ("vinyals", "random")
+
+#: Random split: characters held out of ``trainval`` for ``val`` (as many as the Vinyals split).
+RANDOM_VAL_CHARACTERS = 172
+
+#: Which sets each Vinyals split needs (the validation alphabets are all background alphabets).
 SPLIT_SETS: dict[str, tuple[str, ...]] = {
     "train": ("background", "evaluation"),
     "val": ("background",),
@@ -154,6 +160,32 @@ class _Characters(NamedTuple):
     ids: np.ndarray  # (n,) int64 global character ids
     alphabets: np.ndarray  # (n,) str
     folders: np.ndarray  # (n,) str, "characterNN"
+
+
+def random_split_ids(split: str, seed: int) -> np.ndarray:
+    """Global character ids of ``split`` in the random character split drawn with ``seed``.
+
+    MAML's and iMAML's code shuffle all 1623 characters and meta-train on the first 1200, testing
+    on the other 423, so test characters come from the same alphabets as training ones (the
+    Vinyals split holds out whole alphabets). Their shuffles depend on ``os.listdir`` order and
+    cannot be replayed; this one is ``numpy.random.default_rng(seed).permutation`` of the ids in
+    increasing order: ``trainval`` = its first 1200, ``test`` = the other 423, ``val`` = the last
+    172 of ``trainval`` and ``train`` = the first 1028, the sizes of the Vinyals split.
+
+    Returns:
+        int64 (num_characters,), sorted.
+    """
+    first, last = SET_IDS["background"][0], SET_IDS["evaluation"][1]
+    order = np.random.default_rng(seed).permutation(np.arange(first, last + 1, dtype=np.int64))
+    train_end = LAST_TRAINVAL_ID - RANDOM_VAL_CHARACTERS
+    bounds = {
+        "train": (0, train_end),
+        "val": (train_end, LAST_TRAINVAL_ID),
+        "test": (LAST_TRAINVAL_ID, len(order)),
+        "trainval": (0, LAST_TRAINVAL_ID),
+    }
+    start, stop = bounds[split]
+    return np.sort(order[start:stop])
 
 
 def table_names(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -356,12 +388,15 @@ def load_set(
 
 
 class Omniglot(ImageDataset):
-    """Omniglot characters of one Vinyals split, resized and cached as uint8.
+    """Omniglot characters of one split, resized and cached as uint8.
 
-    Splits, by global character id (the IIII of the file names): ``trainval`` = ids 1-1200,
-    ``test`` = ids 1201-1623, ``val`` = the trainval characters of Armenian, Bengali,
-    Early_Aramaic, Hebrew and Mkhedruli_(Georgian), ``train`` = the other trainval characters.
-    Characters: train 1028, val 172, test 423, trainval 1200. With ``rotations`` each character
+    Vinyals splits, by global character id (the IIII of the file names): ``trainval`` = ids
+    1-1200, ``test`` = ids 1201-1623, ``val`` = the trainval characters of Armenian, Bengali,
+    Early_Aramaic, Hebrew and Mkhedruli_(Georgian), ``train`` = the other trainval characters;
+    test alphabets are (but for Gurmukhi) never seen in training. ``character_split="random"``
+    draws the characters of each split at random instead (:func:`random_split_ids`: MAML's and
+    iMAML's protocol, test characters from training alphabets). Either way: characters train
+    1028, val 172, test 423, trainval 1200. With ``rotations`` each character
     at 0, 90, 180 and 270 degrees (counterclockwise, as ``PIL.Image.rotate``) is its own class,
     materialized in memory: 4112 / 688 / 1692 / 4800 classes.
 
@@ -373,6 +408,8 @@ class Omniglot(ImageDataset):
         rotations: make the 90/180/270-degree rotations of each character classes of their own.
         download: fetch missing official zips into ``root`` and verify their sha256.
         cache_dir: where resized sets are cached (default :func:`default_cache_dir`).
+        character_split: ``"vinyals"`` or ``"random"``, see above.
+        character_seed: the seed of the random character split (unused for ``"vinyals"``).
 
     Attributes:
         images: uint8 (num_classes, 20, 1, image_size, image_size), ink 255 on background 0;
@@ -386,7 +423,7 @@ class Omniglot(ImageDataset):
             ``rotations`` is False), as in the Vinyals split files.
 
     Raises:
-        ValueError: unknown split or image_size below 1.
+        ValueError: unknown split or character split, or image_size below 1.
         DatasetNotFoundError: a set the split needs is missing from ``root``.
         DatasetError: a source is corrupt or incomplete, or a download failed or mismatched.
     """
@@ -399,25 +436,37 @@ class Omniglot(ImageDataset):
         rotations: bool = True,
         download: bool = False,
         cache_dir: str | Path | None = None,
+        character_split: str = "vinyals",
+        character_seed: int = 0,
     ) -> None:
         if split not in SPLIT_SETS:
             raise ValueError(
                 f"unknown Omniglot split {split!r}; expected one of {list(SPLIT_SETS)}"
             )
+        if character_split not in CHARACTER_SPLITS:
+            raise ValueError(
+                f"unknown Omniglot character split {character_split!r}; expected one of "
+                f"{list(CHARACTER_SPLITS)}"
+            )
         if image_size < 1:
             raise ValueError(f"image_size must be at least 1, got {image_size}")
         root = Path(root).expanduser()
         cache = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-        parts = [load_set(root, s, image_size, download, cache) for s in SPLIT_SETS[split]]
+        at_random = character_split == "random"
+        sets = tuple(SET_IDS) if at_random else SPLIT_SETS[split]
+        parts = [load_set(root, s, image_size, download, cache) for s in sets]
         chars = _Characters(*(np.concatenate(field) for field in zip(*parts, strict=True)))
-        in_val = np.isin(chars.alphabets, list(VAL_ALPHABETS))
-        trainval = chars.ids <= LAST_TRAINVAL_ID
-        keep = {
-            "train": trainval & ~in_val,
-            "val": trainval & in_val,
-            "test": ~trainval,
-            "trainval": trainval,
-        }[split]
+        if at_random:
+            keep = np.isin(chars.ids, random_split_ids(split, character_seed))
+        else:
+            in_val = np.isin(chars.alphabets, list(VAL_ALPHABETS))
+            trainval = chars.ids <= LAST_TRAINVAL_ID
+            keep = {
+                "train": trainval & ~in_val,
+                "val": trainval & in_val,
+                "test": ~trainval,
+                "trainval": trainval,
+            }[split]
         images = chars.images[keep][:, :, None]
         names = np.char.add(np.char.add(chars.alphabets[keep], "/"), chars.folders[keep])
         ids = chars.ids[keep]
@@ -432,6 +481,7 @@ class Omniglot(ImageDataset):
             class_ids = ids
         super().__init__(images, names.tolist())
         self.split = split
+        self.character_split = character_split
         self.image_size = image_size
         self.rotations = rotations
         self.character_ids = ids

@@ -148,7 +148,14 @@ def build_sampler(
         try:
             if data.dataset == "omniglot":
                 dataset = Omniglot(
-                    root, split, data.image_size, data.rotations, source.download, source.cache_dir
+                    root,
+                    split,
+                    data.image_size,
+                    data.rotations,
+                    source.download,
+                    source.cache_dir,
+                    data.character_split,
+                    data.character_seed,
                 )
             else:
                 dataset = MiniImageNet(root, split, source.download, source.cache_dir)
