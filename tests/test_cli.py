@@ -146,6 +146,12 @@ def test_train_and_eval_on_real_omniglot(
     result = json.loads(out)
     assert result["split"] == "test" and result["tasks"] == 4
     assert 0 <= result["accuracy"] <= 1 and result["ci95"] >= 0
+    assert result["character_split"] == "vinyals"
+
+    random = ["--set", "data.character_split=random", "--set", "data.character_seed=2"]
+    code, out, err = run(capsys, "eval", run_dir, "--tasks", "4", *random, *machine)
+    assert code == 0, err
+    assert "4 test tasks of the random character split (seed 2): accuracy" in out
 
 
 PUBLISHED = Path(__file__).parents[1] / "checkpoints" / "omniglot-5w1s-imaml.pt"

@@ -238,10 +238,13 @@ def _eval(args: argparse.Namespace) -> int:
         overrides=args.overrides, device=device_for(args.device),
     )  # fmt: skip
     r = out.result
+    data = out.config.data
+    characters = {"character_split": data.character_split} if data.dataset == "omniglot" else {}
     if args.json:
         record = {
             **r.to_dict(),
             "split": out.split,
+            **characters,
             "seed": args.seed,
             "checkpoint": str(out.path),
             "step": out.step,
@@ -250,12 +253,14 @@ def _eval(args: argparse.Namespace) -> int:
         }
         print(json.dumps(record))
     else:
-        data = out.config.data
         shape = "" if data.dataset == "sinusoid" else f" {data.ways}-way {data.shots}-shot"
         sets = "".join(f" --set {o}" for o in args.overrides)
+        of = ""
+        if data.character_split == "random":
+            of = f" of the random character split (seed {data.character_seed})"
         print(
             f"{out.path}{sets} (step {out.step}), {data.dataset}{shape}, {r.tasks} {out.split} "
-            f"tasks: {r}"
+            f"tasks{of}: {r}"
         )
     return 0
 
