@@ -107,6 +107,12 @@ def init_world(device: torch.device, timeout_s: float = 600.0) -> World:
 
 
 def shutdown(world: World) -> None:
-    """Leave the process group (a no-op for a single process)."""
+    """Leave the process group (a no-op for a single process).
+
+    All ranks meet at a barrier first, so that none tears down its gloo threads while another
+    still talks to it (seen once as a rank aborting at exit: "terminate called without an
+    active exception").
+    """
     if world.is_distributed and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
