@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -122,3 +124,14 @@ def make_regression_batch(num_tasks: int = 3, n: int = 10, seed: int = 0) -> tup
 def mlp_problem():
     model = make_mlp()
     return imaml.regression_loss(model), dict(model.named_parameters()), make_regression_batch()
+
+
+@pytest.fixture(scope="session")
+def omniglot_root() -> Path:
+    """``$IMAML_DATA``, the folder holding ``omniglot/``; skips the test where it is absent."""
+    data = os.environ.get("IMAML_DATA")
+    if not data:
+        pytest.skip("IMAML_DATA is not set: no Omniglot copy to train on")
+    if not (Path(data) / "omniglot").is_dir():
+        pytest.skip(f"IMAML_DATA={data} holds no omniglot/ folder")
+    return Path(data)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -65,16 +64,6 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
     assert last.startswith("imaml: error: "), err
     for fragment in fragments:
         assert fragment in last, (fragment, last)
-
-
-@pytest.fixture(scope="session")
-def omniglot_root() -> Path:
-    data = os.environ.get("IMAML_DATA")
-    if not data:
-        pytest.skip("IMAML_DATA is not set: no Omniglot copy to train on")
-    if not (Path(data) / "omniglot").is_dir():
-        pytest.skip(f"IMAML_DATA={data} holds no omniglot/ folder")
-    return Path(data)
 
 
 @pytest.fixture(scope="session")

@@ -364,12 +364,10 @@ def test_inner_progress_measures_the_distance_to_the_proximal_minimizer(
     )
 
 
-@pytest.mark.skipif(
-    not (Path(os.environ.get("IMAML_DATA", "/nonexistent")) / "omniglot").is_dir(),
-    reason="IMAML_DATA holds no omniglot/ folder",
-)
-def test_the_configs_character_split_picks_omniglots_characters(tmp_path: Path) -> None:
-    source = DataSource(Path(os.environ["IMAML_DATA"]), cache_dir=tmp_path)
+def test_the_configs_character_split_picks_omniglots_characters(
+    tmp_path: Path, omniglot_root: Path
+) -> None:
+    source = DataSource(omniglot_root, cache_dir=tmp_path)
     split = ["data.character_split=random", "data.character_seed=3"]
     config = load_config("omniglot-5w1s", split)[1]
     test = build_sampler(config, "test", source, seed=0).dataset

@@ -269,7 +269,7 @@ def _validate(config: Config) -> Config:
     if config.data.character_split != "vinyals" and config.data.dataset != "omniglot":
         raise ConfigError(
             f"data.character_split {config.data.character_split!r} needs data.dataset 'omniglot'"
-            f" (mini-ImageNet's classes are fixed by its split files); remove it"
+            f" (got {config.data.dataset!r}, whose splits are fixed); remove it"
         )
     milestones = config.train.outer_lr_milestones
     if any(m < 1 for m in milestones) or milestones != sorted(set(milestones)):
