@@ -93,6 +93,17 @@ def test_inner_stationarity_of_an_unsolved_inner_problem(linear_tasks):
         assert expected > 0.1  # far from solved, and the diagnostic says so
 
 
+def test_inner_stationarity_is_inf_when_phi_is_theta(linear_tasks):
+    """0 inner steps: φ = θ, the support gradient is unbalanced and the distance is 0."""
+    _, info = imaml.meta_gradient(
+        linear_loss, linear_tasks.theta, linear_tasks.support, linear_tasks.query,
+        lam=LAM, inner=GD(steps=0, lr=0.1), solver=Dense(),
+    )  # fmt: skip
+    assert torch.all(info["inner_distance"] == 0)
+    assert torch.all(info["inner_grad_norm"] > 0)
+    assert torch.all(torch.isposinf(info["inner_stationarity"]))
+
+
 def test_info_losses_are_those_at_the_inner_solution(linear_tasks):
     _, info = imaml.meta_gradient(
         linear_loss,

@@ -118,7 +118,8 @@ def implicit_gradient(
         (‖∇L_s(φ) + λ(φ − θ)‖, how well the inner problem was solved), ``inner_distance``
         (‖φ − θ‖), ``inner_stationarity`` (``inner_grad_norm / (λ·inner_distance)``: 0 at
         the exact minimizer, where the two terms cancel; near 1 when the support gradient
-        has vanished but the proximal pull is unbalanced, i.e. far from it),
+        has vanished but the proximal pull is unbalanced, i.e. far from it; ``inf`` when
+        φ = θ, e.g. after 0 inner steps, where nothing has balanced the support gradient),
         ``solver_residual`` (‖A g − b‖/‖b‖), ``solver_min_curvature`` (the smallest
         ``vᵀAv/vᵀv`` of ``A = I + H/λ`` the solver found, NaN if it does not say: negative
         means ``A`` is indefinite, see :class:`imaml.solvers.Solution`),

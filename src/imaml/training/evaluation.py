@@ -14,7 +14,7 @@ from torch.func import vmap
 
 import imaml
 from imaml import checkpoint, tree
-from imaml._tasks import cache_chunk, prepare
+from imaml._tasks import adapt_tasks, cache_chunk, prepare
 from imaml.config import Config, ConfigError
 from imaml.data import TaskBatch, TaskSampler
 from imaml.objective import Objective
@@ -168,14 +168,8 @@ def inner_progress(
         problem.loss_fn, params, problem.has_aux, support=(tasks.xs, tasks.ys)
     )
     with torch.no_grad():  # torch.func.grad still differentiates inside
-        phi = imaml.adapt(
-            problem.loss_fn,
-            theta,
-            support,
-            lam=adaptation.lam,
-            inner=adaptation.inner,
-            has_aux=problem.has_aux,
-            chunk_size=adaptation.chunk_size,
+        phi = adapt_tasks(
+            support_loss, theta, support, adaptation.lam, adaptation.inner, adaptation.chunk_size
         )
 
         def measure(
