@@ -364,6 +364,15 @@ def test_inner_progress_measures_the_distance_to_the_proximal_minimizer(
     )
 
 
+@pytest.mark.parametrize("lam", [-1.0, float("nan"), float("inf")])
+def test_inner_progress_rejects_a_bad_lam(linear_tasks: LinearTasks, lam: float) -> None:
+    t = linear_tasks
+    problem = Problem(torch.nn.Identity(), linear_loss, has_aux=False, metric="mse")
+    tasks = TaskBatch(t.xs, t.ys, t.xq, t.yq)
+    with pytest.raises(ValueError, match=r"lam .* positive finite number or 0"):
+        inner_progress(problem, t.theta, tasks, Adaptation(imaml.inner.GD(1, 0.1), lam))
+
+
 def test_the_configs_character_split_picks_omniglots_characters(
     tmp_path: Path, omniglot_root: Path
 ) -> None:

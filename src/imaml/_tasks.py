@@ -62,13 +62,16 @@ def check_adapted(
     return tree.detach(phi)
 
 
-def check_lam(lam: float) -> float:
-    """Return ``lam`` as a float if it is a finite positive number, else raise ValueError."""
+def check_lam(lam: float, allow_zero: bool = False) -> float:
+    """Return ``lam`` as a float if it is a finite positive number (or 0 with ``allow_zero``:
+    plain adaptation, without the proximal term), else raise ValueError."""
     lam = float(lam)
+    if allow_zero and lam == 0.0:
+        return lam
     if not (lam > 0 and lam < float("inf")):
         raise ValueError(
-            f"lam (the proximal regularization strength λ) must be a positive finite number, "
-            f"got {lam}; the paper uses lam=2.0 for Omniglot"
+            f"lam (the proximal regularization strength λ) must be a positive finite number"
+            f"{' or 0' if allow_zero else ''}, got {lam}; the paper uses lam=2.0 for Omniglot"
         )
     return lam
 

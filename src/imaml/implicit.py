@@ -158,9 +158,7 @@ def adapt(
     Returns ``{name: tensor of shape (B, *param.shape)}``; evaluate task i with
     ``{k: v[i] for k, v in phi.items()}`` or vmap over the leading dimension.
     """
-    lam = float(lam)
-    if lam != 0.0:
-        lam = check_lam(lam)
+    lam = check_lam(lam, allow_zero=True)
     theta, (support,), support_loss, _ = prepare(loss_fn, params, has_aux, support=support)
     return adapt_tasks(support_loss, theta, support, lam, inner, chunk_size)
 

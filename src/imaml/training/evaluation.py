@@ -14,7 +14,7 @@ from torch.func import vmap
 
 import imaml
 from imaml import checkpoint, tree
-from imaml._tasks import adapt_tasks, cache_chunk, prepare
+from imaml._tasks import adapt_tasks, cache_chunk, check_lam, prepare
 from imaml.config import Config, ConfigError
 from imaml.data import TaskBatch, TaskSampler
 from imaml.objective import Objective
@@ -164,18 +164,19 @@ def inner_progress(
     curvatures come from ``curvature_iters`` Lanczos steps (Hessian-vector products) started
     at ∇f(φ).
     """
+    lam = check_lam(adaptation.lam, allow_zero=True)
     theta, (support,), support_loss, _ = prepare(
         problem.loss_fn, params, problem.has_aux, support=(tasks.xs, tasks.ys)
     )
     with torch.no_grad():  # torch.func.grad still differentiates inside
         phi = adapt_tasks(
-            support_loss, theta, support, adaptation.lam, adaptation.inner, adaptation.chunk_size
+            support_loss, theta, support, lam, adaptation.inner, adaptation.chunk_size
         )
 
         def measure(
             phi: Params, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor
         ) -> tuple[Tensor, ...]:
-            objective = Objective(lambda p: support_loss(p, xs, ys), theta, adaptation.lam)
+            objective = Objective(lambda p: support_loss(p, xs, ys), theta, lam)
             value, grads, hvp = objective.linearize(phi)
             lanczos = minres(hvp, grads, curvature_iters)
             return (
