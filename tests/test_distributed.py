@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 
 import imaml
 from conftest import make_mlp, make_regression_batch
-from imaml.distributed import World
+from imaml.distributed import DeviceError, World, device_for
 from imaml.inner import GD
 from imaml.solvers import CG
 
@@ -86,6 +86,7 @@ def test_single_process_mean_is_the_identity():
 SMALL_RUN = [
     "--set", "train.meta_steps=3", "--set", "train.meta_batch=4", "--set", "train.val_every=0",
     "--set", "train.log_every=1", "--set", "eval.at_end=false", "--set", "inner.steps=3",
+    "--device", "cpu",  # gloo on the CPU, also on a machine with fewer GPUs than processes
 ]  # fmt: skip
 
 
@@ -132,3 +133,14 @@ def test_meta_batch_that_does_not_split_is_a_clear_error(tmp_path):
     assert out.returncode != 0
     assert "multiple of 2" in out.stderr
     assert not (tmp_path / "odd" / "checkpoint.pt").exists()
+
+
+def test_a_process_without_a_gpu_of_its_own_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert device_for("auto") == device_for("cuda") == torch.device("cuda", 0)
+    assert device_for("cpu") == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(DeviceError, match=r"needs GPU cuda:1, but 1 GPU\(s\) are visible"):
+        device_for("auto")

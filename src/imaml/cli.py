@@ -20,7 +20,7 @@ import torch
 from imaml.checkpoint import CheckpointError
 from imaml.config import Config, ConfigError, bundled_config_text, bundled_configs, load_config
 from imaml.data import DatasetError
-from imaml.distributed import device_for, init_world, shutdown
+from imaml.distributed import DeviceError, device_for, init_world, shutdown
 from imaml.plot import PlotError, plot_run, plot_validation
 from imaml.training import (
     EVAL_SEED,
@@ -39,7 +39,8 @@ from imaml.training.components import adaptation_lam
 DEFAULT_CONFIG = "sinusoid"
 
 USER_ERRORS = (
-    ConfigError, DatasetError, CheckpointError, TrainingError, PlotError, SummaryError, OSError,
+    ConfigError, DatasetError, CheckpointError, DeviceError, TrainingError, PlotError,
+    SummaryError, OSError,
 )  # fmt: skip
 """Errors reported as one line, without a traceback (OSError: disk full, no permission...)."""
 

@@ -75,14 +75,30 @@ class World:
                 dist.broadcast(t, src=0)
 
 
+class DeviceError(ValueError):
+    """The requested device does not exist on this machine."""
+
+
 def device_for(requested: str = "auto") -> torch.device:
     """The device to compute on: ``cuda:LOCAL_RANK`` for ``"auto"`` (when CUDA is available)
-    and for ``"cuda"``, so that each process of a node takes its own GPU; else as given."""
+    and for ``"cuda"``, so that each process of a node takes its own GPU; else as given.
+
+    Raises:
+        DeviceError: ``"cuda"`` (or ``"auto"`` on a GPU machine) for a process whose
+            ``LOCAL_RANK`` has no GPU of its own, e.g. more ``torchrun`` processes than GPUs.
+    """
     if requested == "auto":
         requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda":
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return torch.device(requested)
+    if requested != "cuda":
+        return torch.device(requested)
+    rank, count = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+    if rank >= count:
+        raise DeviceError(
+            f"process {rank} of this node needs GPU cuda:{rank}, but {count} GPU(s) are visible: "
+            f"launch at most {count} process(es) per node (torchrun --nproc_per_node), or pass "
+            "--device cpu"
+        )
+    return torch.device("cuda", rank)
 
 
 def init_world(device: torch.device, timeout_s: float = 600.0) -> World:
