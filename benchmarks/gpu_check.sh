@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything worth checking on a CUDA machine, in one go (about 8 minutes on one H200):
+# Everything worth checking on a CUDA machine, in one go (about 7 minutes on one H200):
 #   1. the test suite with the GPU visible (tests/test_cuda.py runs there, skipped elsewhere);
 #   2. committed checkpoints evaluated on the GPU (compare with the README's CPU figures);
 #   3. the speed and memory benchmarks on the GPU (JSON + PNG);

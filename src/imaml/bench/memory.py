@@ -1,12 +1,13 @@
 """Peak memory of one meta-gradient against the number of inner steps.
 
 Conv4 Omniglot 5-way 1-shot (15 queries per class), a meta-batch of 4 tasks, for iMAML-GD,
-iMAML-HF, MAML and first-order MAML. Each point runs in a fresh process
-(``python -m imaml.bench.memory SPEC``): on the CPU its peak resident set size
-(``getrusage``'s ``ru_maxrss``), and the same minus the process's peak before the
-meta-gradient (after imports, model and data creation); on a GPU
-``torch.cuda.max_memory_allocated`` and the same minus the memory allocated before. The
-baseline follows a warm-up on a tiny problem (see :func:`measure`).
+iMAML-HF, MAML and first-order MAML. On the CPU each point runs in a fresh process
+(``python -m imaml.bench.memory SPEC``): its peak resident set size (``getrusage``'s
+``ru_maxrss``), and the same minus the process's peak before the meta-gradient (after
+imports, model and data creation). On a GPU all points run in this process:
+``torch.cuda.max_memory_allocated`` after a reset of the peak, and the same minus the memory
+allocated before (the allocator counts live tensors, not what earlier points left cached).
+The baseline follows a warm-up on a tiny problem (see :func:`measure`).
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def _max_rss() -> int:
 
 
 def run(quick: bool = False, device: str = "cpu") -> Result:
-    """Every method at every number of inner steps, each in its own process."""
+    """Every method at every number of inner steps (on the CPU, each in its own process)."""
     s = QUICK if quick else FULL
     hw = hardware(device)
     points: dict[str, dict[str, list[float]]] = {}
@@ -119,7 +120,7 @@ def run(quick: bool = False, device: str = "cpu") -> Result:
                 "device": device,
                 "threads": torch.get_num_threads(),
             }
-            m = _in_subprocess(spec)
+            m = measure(spec) if device.startswith("cuda") else _in_subprocess(spec)
             rows["peak_mib"].append(m["peak_bytes"] / MIB)
             rows["baseline_mib"].append(m["baseline_bytes"] / MIB)
             rows["delta_mib"].append((m["peak_bytes"] - m["baseline_bytes"]) / MIB)
@@ -133,8 +134,8 @@ def run(quick: bool = False, device: str = "cpu") -> Result:
             "the peak before the meta-gradient (after imports, model and data creation and "
             "a warm-up meta-gradient of the same method on a tiny problem, so that library "
             "code paged in is not counted); glibc's MALLOC_MMAP_THRESHOLD_=65536 so that freed "
-            "tensors leave the RSS. GPU: torch.cuda.max_memory_allocated; delta = "
-            "peak minus memory allocated before."
+            "tensors leave the RSS. GPU: torch.cuda.max_memory_allocated, all points in one "
+            "process, the peak reset before each; delta = peak minus memory allocated before."
         ),
         "settings": s,
         "hardware": hw,

@@ -123,6 +123,11 @@ class TaskSampler:
                 if self.device.type == "cpu"
                 else torch.from_numpy(np.require(flat, requirements="W")).to(self.device)
             )
+            # uint8 → [0, 1] by table on a device, the CPU's float32 quotients bit for bit (CUDA
+            # divides by a scalar as a product with its reciprocal: 1 ulp off for some values).
+            self._pixel_values = torch.from_numpy(
+                np.arange(256, dtype=np.float32) / np.float32(255)
+            ).to(self.device)
 
     def task_generator(self, index: int) -> np.random.Generator:
         """Return the random stream of task ``index`` (see :func:`task_generator`).
@@ -218,7 +223,8 @@ class TaskSampler:
             images /= np.float32(255)
             return torch.from_numpy(images).view(shape)
         index = torch.from_numpy(flat.reshape(-1)).to(self.device)
-        return self._images.index_select(0, index).view(shape).to(torch.float32).div_(255)
+        pixels = self._images.index_select(0, index).view(shape).long()
+        return self._pixel_values[pixels]
 
     def _labels(self, count: int, per_class: int) -> torch.Tensor:
         """Labels (count, ways * per_class): [0] * per_class + [1] * per_class + ..."""
