@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything worth checking on a CUDA machine, in one go (about 7 minutes on one H200):
 #   1. the test suite with the GPU visible (tests/test_cuda.py runs there, skipped elsewhere);
-#   2. committed checkpoints evaluated on the GPU (compare with the README's CPU figures);
+#   2. float32 meta-gradients of the speed benchmark's problem: batched, loop and CPU, TF32 on
+#      and off; committed checkpoints evaluated on the GPU (compare with the README's CPU figures);
 #   3. the speed and memory benchmarks on the GPU (JSON + PNG);
 #   4. the meta-step time of `imaml train` for each bundled Omniglot config.
 # Usage, from a checkout with imaml importable and Omniglot under $IMAML_DATA:
@@ -29,6 +30,43 @@ python3 -c "import xdist" 2>/dev/null && parallel=(-n 8)
 timeout 240 python3 -m pytest -q -p no:cacheprovider "${parallel[@]}" tests >"$out/tests.log" 2>&1
 echo "pytest exit $?"
 tail -n 15 "$out/tests.log"
+
+stage "float32 meta-gradients of random-image tasks: batched, per-task loop, CPU (TF32 on/off)"
+timeout 180 python3 - "$device" <<'EOF'
+import sys
+
+import torch
+
+from imaml import tree
+from imaml.bench import speed
+from imaml.bench._common import conv4_problem
+
+device = sys.argv[1]
+s = {**speed.FULL, "tasks": 8}
+loss_fn, params, support, query = conv4_problem(s, "cpu")  # the same θ and images everywhere
+cpu = speed.batched(s, loss_fn, params, support, query)
+moved = (
+    {k: v.to(device) for k, v in params.items()},
+    tuple(t.to(device) for t in support),
+    tuple(t.to(device) for t in query),
+)
+
+
+def rel(a, b):
+    return float(tree.norm(tree.sub(a, b)) / tree.norm(b))
+
+
+for tf32 in (True, False):
+    torch.backends.cudnn.allow_tf32 = tf32
+    batched = {k: v.cpu() for k, v in speed.batched(s, loss_fn, *moved).items()}
+    loop = {k: v.cpu() for k, v in speed.per_task_loop(s, loss_fn, *moved).items()}
+    print(
+        f"cudnn.allow_tf32={tf32}: |batched-loop|/|loop| {rel(batched, loop):.3g}, "
+        f"|batched-cpu|/|cpu| {rel(batched, cpu):.3g}, |loop-cpu|/|cpu| {rel(loop, cpu):.3g}, "
+        f"norms batched {float(tree.norm(batched)):.4g} loop {float(tree.norm(loop)):.4g} "
+        f"cpu {float(tree.norm(cpu)):.4g}"
+    )
+EOF
 
 stage "committed checkpoints on $device (600 test tasks each)"
 for ckpt in checkpoints/omniglot-5w1s-imaml.pt checkpoints/runs/omniglot-5w1s-imaml-random-decay5k \
