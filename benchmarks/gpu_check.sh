@@ -8,12 +8,13 @@
 # Usage, from a checkout with imaml importable and Omniglot under $IMAML_DATA:
 #   IMAML_DATA=DIR bash benchmarks/gpu_check.sh OUT_DIR [SECONDS_PER_CONFIG]
 # Writes OUT_DIR/{log.txt,tests.log,eval.jsonl,train.jsonl,bench/}; each stage has its own
-# time limit, and a failing stage does not stop the later ones.
+# time limit, and a failing stage does not stop the later ones. DEVICE=cpu: a dry run of the
+# stages on a machine without a GPU (the CPU benchmarks take far longer than their limits).
 set -uo pipefail
 out=${1:?usage: IMAML_DATA=DIR bash benchmarks/gpu_check.sh OUT_DIR [SECONDS_PER_CONFIG]}
 per_config=${2:-25}
 device=${DEVICE:-cuda}
-data=${IMAML_DATA:?set IMAML_DATA to the folder holding omniglot/}
+: "${IMAML_DATA:?set IMAML_DATA to the folder holding omniglot/}"
 mkdir -p "$out/bench"
 work=$(mktemp -d)
 exec > >(tee -a "$out/log.txt") 2>&1
