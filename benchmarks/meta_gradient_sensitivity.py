@@ -42,11 +42,10 @@ def main() -> None:
 
     if args.checkpoint is None:
         settings = {**speed.FULL, "tasks": args.tasks}
-        problem = conv4_problem(settings, args.device)
-        params = problem[1]
+        loss_fn, params, support, query = conv4_problem(settings, args.device)
 
         def gradient(theta):
-            return speed.batched(settings, problem[0], theta, *problem[2:])
+            return speed.batched(settings, loss_fn, theta, support, query)
     else:
         model = load_trained_model(args.checkpoint, device=args.device)
         config, params = model.config, model.params
