@@ -16,6 +16,7 @@ import imaml
 from conftest import LinearTasks
 from imaml import _tasks, checkpoint
 from imaml.bench.accuracy import linear_loss
+from imaml.checkpoint import CheckpointError
 from imaml.config import Config, load_config
 from imaml.data import TaskBatch
 from imaml.data.omniglot import random_split_ids
@@ -290,6 +291,43 @@ def test_every_algorithm_trains(tmp_path: Path, algorithm: str) -> None:
     initial = dict(build_problem(config).model.named_parameters())
     params = checkpoint.load(tmp_path / "run" / "checkpoint.pt")["params"]
     assert any(not torch.equal(params[k], initial[k]) for k in params)
+
+
+def test_init_from_starts_from_another_runs_parameters(tmp_path: Path) -> None:
+    """An iMAML run started from a MAML run's parameters: its first update is the SGD step
+    from exactly those parameters; a resumed run keeps its own state and ignores init_from."""
+    train(tiny("algorithm=maml", "train.meta_steps=2"), tmp_path / "maml", SOURCE, quiet=True)
+    source = checkpoint.load(tmp_path / "maml" / "best.pt")["params"]
+    lr = 0.01
+    config = tiny(
+        f"train.init_from={tmp_path / 'maml'}",
+        "train.outer_optimizer=sgd",
+        f"train.outer_lr={lr}",
+        "train.meta_steps=1",
+    )
+    train(config, tmp_path / "warm", SOURCE, quiet=True)
+    problem = build_problem(config)
+    tasks = sample_shard(build_sampler(config, "train", SOURCE, 0), World(), 4, step=0)
+    grads, _ = make_gradient_fn(config, problem)(source, tasks)
+    warm = checkpoint.load(tmp_path / "warm" / "checkpoint.pt")["params"]
+    for name, value in source.items():
+        torch.testing.assert_close(warm[name], value - lr * grads[name], rtol=0, atol=1e-7)
+    initial = dict(problem.model.named_parameters())
+    assert any(not torch.equal(source[k], initial[k]) for k in source)
+
+    (tmp_path / "maml" / "best.pt").unlink()  # a resume does not read init_from again
+    resumed = resume_config(tmp_path / "warm", ["train.meta_steps=2"])
+    train(resumed, tmp_path / "warm", SOURCE, resume=True, quiet=True)
+    assert checkpoint.load(tmp_path / "warm" / "checkpoint.pt")["step"] == 2
+
+
+def test_init_from_rejects_another_model(tmp_path: Path) -> None:
+    train(tiny("train.meta_steps=2", "model.hidden=[8]"), tmp_path / "small", SOURCE, quiet=True)
+    config = tiny(f"train.init_from={tmp_path / 'small'}")
+    with pytest.raises(TrainingError, match=r"do not fit this run.s model.*same \[model\]"):
+        train(config, tmp_path / "run", SOURCE, quiet=True)
+    with pytest.raises(CheckpointError, match=r"holds no best\.pt or checkpoint\.pt"):
+        train(tiny(f"train.init_from={tmp_path}"), tmp_path / "run2", SOURCE, quiet=True)
 
 
 def test_shards_of_a_meta_batch_average_to_its_gradient() -> None:

@@ -10,7 +10,8 @@ A config is a TOML file with two top-level keys and six tables::
     [inner]  optimizer, steps, lr, cg_iters, ls_steps
     [imaml]  lam, solver, solver_iters, neumann_alpha
     [train]  meta_steps, meta_batch, seed, outer_optimizer, outer_lr, outer_lr_milestones,
-             outer_lr_gamma, chunk_size, log_every, val_every, val_tasks, checkpoint_every
+             outer_lr_gamma, chunk_size, log_every, val_every, val_tasks, checkpoint_every,
+             init_from
     [eval]   tasks, batch, inner_steps, split, at_end
 
 Every key has a default (:class:`Config`), so a file states only what it changes. Unknown keys
@@ -107,6 +108,11 @@ class TrainConfig:
     ``outer_lr_gamma`` for each of ``outer_lr_milestones`` (meta-steps, increasing) already
     reached, as torch's ``MultiStepLR``: ``[8000]`` gives the updates after step 8,000 a tenth
     of the rate with the default gamma (:func:`imaml.training.step.outer_lr`).
+
+    ``init_from``, a checkpoint file or a run directory (its ``best.pt``), starts the run from
+    that checkpoint's parameters instead of a random initialization (a warm start, e.g. iMAML
+    from a MAML model); the model must have the same parameters, the outer optimizer and the
+    step count start afresh. A resumed run continues from its own checkpoint and ignores it.
     """
 
     meta_steps: int = 20000
@@ -121,6 +127,7 @@ class TrainConfig:
     val_every: int = 500
     val_tasks: int = 200
     checkpoint_every: int = 100
+    init_from: str = ""
 
 
 @dataclass

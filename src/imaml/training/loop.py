@@ -24,7 +24,7 @@ from imaml.config import Config
 from imaml.distributed import World
 from imaml.training.components import DataSource, Problem, build_problem, build_sampler
 from imaml.training.evaluation import EVAL_SEED, Adaptation, EvalResult, evaluate
-from imaml.training.rundir import RunDir, checkpoint_config
+from imaml.training.rundir import RunDir, checkpoint_config, resolve_checkpoint
 from imaml.training.step import (
     all_finite,
     apply_gradients,
@@ -300,6 +300,28 @@ class Trainer:
         best = state["best"]
         self.best = None if best is None else (best["step"], best["value"])
 
+    def init_params(self, path: str | Path) -> None:
+        """Start from the parameters of the checkpoint at ``path`` (a file or a run directory):
+        ``train.init_from``.
+
+        Raises:
+            TrainingError: its parameters are not those of this run's model.
+            CheckpointError: no readable checkpoint there.
+        """
+        source = resolve_checkpoint(path)
+        params = checkpoint.load(source)["params"]
+        expected = {name: tuple(p.shape) for name, p in self.params.items()}
+        found = {name: tuple(p.shape) for name, p in params.items()}
+        if found != expected:
+            diff = sorted(set(expected.items()) ^ set(found.items()))
+            raise TrainingError(
+                f"train.init_from: the parameters of {source} do not fit this run's model "
+                f"(differing name/shape: {diff[:4]}); use a checkpoint of the same [model] config"
+            )
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(params[name])
+
     def save(self) -> None:
         """Write checkpoint.pt atomically."""
         if self.world.is_main:
@@ -440,6 +462,8 @@ def train(
     trainer = Trainer(config, run, source, device, world)
     if resume:
         trainer.load_state(checkpoint.load(run.checkpoint))
+    elif config.train.init_from:
+        trainer.init_params(config.train.init_from)
     if world.is_main:
         if resume:
             run.truncate_metrics(trainer.step)
