@@ -264,7 +264,9 @@ def test_implicit_gradient_after_an_inner_loop_that_cannot_be_vmapped(linear_tas
         linear_tasks.support, linear_tasks.query, lam=LAM, solver=CG(10),
     )  # fmt: skip
     expected = torch.stack([linear_tasks.imaml_gradient(i, LAM) for i in range(4)]).mean(0)
-    torch.testing.assert_close(flat(grads), expected, rtol=1e-8, atol=1e-10)
+    # LBFGS stops ~1e-9 from φ* (it varies with the CPU's kernels: 3.6e-8 relative seen on an
+    # AMD EPYC); a wrong meta-gradient would be off by O(1).
+    torch.testing.assert_close(flat(grads), expected, rtol=1e-6, atol=1e-8)
 
 
 def test_implicit_gradient_at_any_phi_solves_at_that_phi(linear_tasks):
