@@ -291,9 +291,7 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any]) -> None:
         """Continue from a checkpoint of :meth:`state`."""
-        with torch.no_grad():
-            for name, p in self.params.items():
-                p.copy_(state["params"][name])
+        self._assign(state["params"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
         self.step = self.saved_step = state["step"]
@@ -318,6 +316,10 @@ class Trainer:
                 f"train.init_from: the parameters of {source} do not fit this run's model "
                 f"(differing name/shape: {diff[:4]}); use a checkpoint of the same [model] config"
             )
+        self._assign(params)
+
+    def _assign(self, params: Params) -> None:
+        """Copy ``params`` (same names and shapes, any device) into the meta-parameters."""
         with torch.no_grad():
             for name, p in self.params.items():
                 p.copy_(params[name])
