@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 import imaml
-from imaml.bench._common import Result, conv4_problem, hardware, target
+from imaml.bench._common import LossFn, Result, conv4_problem, hardware, target
 from imaml.inner import GD, HessianFree
 from imaml.solvers import CG
+from imaml.tree import Params
 
 METHODS = ("imaml_gd", "imaml_hf", "maml", "fomaml")
 LABELS = {
@@ -49,7 +51,15 @@ QUICK = {**FULL, "tasks": 2, "queries": 2, "hidden": 8, "inner_steps": [1, 4]}
 MIB = 2**20
 
 
-def meta_gradient(method: str, steps: int, s: dict[str, Any], loss_fn, params, support, query):
+def meta_gradient(
+    method: str,
+    steps: int,
+    s: dict[str, Any],
+    loss_fn: LossFn,
+    params: Params,
+    support: tuple[Tensor, Tensor],
+    query: tuple[Tensor, Tensor],
+) -> tuple[Params, dict[str, Tensor]]:
     """One meta-gradient of ``method`` with ``steps`` inner steps (the settings ``s``)."""
     if method.startswith("imaml"):
         inner = GD(steps, s["inner_lr"]) if method == "imaml_gd" else HessianFree(steps)

@@ -28,7 +28,15 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import imaml
 from imaml import tree
-from imaml.bench._common import Result, conv4_problem, hardware, median, seconds, target
+from imaml.bench._common import (
+    LossFn,
+    Result,
+    conv4_problem,
+    hardware,
+    median,
+    seconds,
+    target,
+)
 from imaml.inner import GD
 from imaml.models import Conv4
 from imaml.objective import Objective
@@ -52,7 +60,13 @@ QUICK = {**FULL, "tasks": 2, "queries": 2, "hidden": 8, "inner_steps": 2, "cg_st
 QUICK.update(repeats=1, matmul_size=128)
 
 
-def batched(s: dict[str, Any], loss_fn, params: Params, support, query) -> Params:
+def batched(
+    s: dict[str, Any],
+    loss_fn: LossFn,
+    params: Params,
+    support: tuple[Tensor, Tensor],
+    query: tuple[Tensor, Tensor],
+) -> Params:
     """The engine: :func:`imaml.meta_gradient` on all tasks at once."""
     grads, _ = imaml.meta_gradient(
         loss_fn,
@@ -67,7 +81,13 @@ def batched(s: dict[str, Any], loss_fn, params: Params, support, query) -> Param
     return grads
 
 
-def per_task_loop(s: dict[str, Any], loss_fn, params: Params, support, query) -> Params:
+def per_task_loop(
+    s: dict[str, Any],
+    loss_fn: LossFn,
+    params: Params,
+    support: tuple[Tensor, Tensor],
+    query: tuple[Tensor, Tensor],
+) -> Params:
     """The same meta-gradient, one task at a time in a Python loop (no ``vmap``)."""
     lam, inner, solver = s["lam"], GD(s["inner_steps"], s["inner_lr"]), CG(s["cg_steps"])
 
