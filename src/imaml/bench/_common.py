@@ -20,6 +20,8 @@ from imaml.tree import Params
 
 Result = dict[str, Any]
 LossFn = Callable[..., Any]
+Split = tuple[Tensor, Tensor]
+"""A meta-batch's support or query split: images (B, N, 1, 28, 28) and labels (B, N)."""
 
 
 def default_device() -> str:
@@ -29,7 +31,7 @@ def default_device() -> str:
 
 def conv4_problem(
     settings: Mapping[str, Any], device: str = "cpu", seed: int = 0
-) -> tuple[LossFn, Params, tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+) -> tuple[LossFn, Params, Split, Split]:
     """``(loss_fn, θ, support, query)`` for conv4 Omniglot N-way K-shot, on random 28×28 images.
 
     ``settings`` gives ``tasks``, ``ways``, ``shots``, ``queries`` (per class) and ``hidden``
@@ -43,7 +45,7 @@ def conv4_problem(
     model = Conv4(1, ways, hidden=hidden).to(device)
     params = {k: v.detach() for k, v in model.named_parameters()}
 
-    def split(per_class: int) -> tuple[Tensor, Tensor]:
+    def split(per_class: int) -> Split:
         x = torch.rand(tasks, ways * per_class, 1, 28, 28, device=device)
         y = torch.arange(ways, device=device).repeat_interleave(per_class).repeat(tasks, 1)
         return x, y

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 import imaml
-from imaml.bench._common import LossFn, Result, conv4_problem, hardware, target
+from imaml.bench._common import LossFn, Result, Split, conv4_problem, hardware, target
 from imaml.inner import GD, HessianFree
 from imaml.solvers import CG
 from imaml.tree import Params
@@ -57,8 +57,8 @@ def meta_gradient(
     s: dict[str, Any],
     loss_fn: LossFn,
     params: Params,
-    support: tuple[Tensor, Tensor],
-    query: tuple[Tensor, Tensor],
+    support: Split,
+    query: Split,
 ) -> tuple[Params, dict[str, Tensor]]:
     """One meta-gradient of ``method`` with ``steps`` inner steps (the settings ``s``)."""
     if method.startswith("imaml"):

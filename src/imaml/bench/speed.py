@@ -31,6 +31,7 @@ from imaml import tree
 from imaml.bench._common import (
     LossFn,
     Result,
+    Split,
     conv4_problem,
     hardware,
     median,
@@ -61,11 +62,7 @@ QUICK.update(repeats=1, matmul_size=128)
 
 
 def batched(
-    s: dict[str, Any],
-    loss_fn: LossFn,
-    params: Params,
-    support: tuple[Tensor, Tensor],
-    query: tuple[Tensor, Tensor],
+    s: dict[str, Any], loss_fn: LossFn, params: Params, support: Split, query: Split
 ) -> Params:
     """The engine: :func:`imaml.meta_gradient` on all tasks at once."""
     grads, _ = imaml.meta_gradient(
@@ -82,11 +79,7 @@ def batched(
 
 
 def per_task_loop(
-    s: dict[str, Any],
-    loss_fn: LossFn,
-    params: Params,
-    support: tuple[Tensor, Tensor],
-    query: tuple[Tensor, Tensor],
+    s: dict[str, Any], loss_fn: LossFn, params: Params, support: Split, query: Split
 ) -> Params:
     """The same meta-gradient, one task at a time in a Python loop (no ``vmap``)."""
     lam, inner, solver = s["lam"], GD(s["inner_steps"], s["inner_lr"]), CG(s["cg_steps"])
