@@ -193,11 +193,14 @@ def test_chunked_equals_unchunked(mlp_problem):
         torch.testing.assert_close(full[name], chunked[name])
 
 
-def test_cache_sized_query_chunks_change_nothing(mlp_problem, monkeypatch):
+def test_cache_sized_chunks_change_nothing(mlp_problem, monkeypatch):
+    """With a tiny CPU chunk budget the inner loops, the query passes and the solves take
+    one task at a time: same meta-gradient and diagnostics."""
     loss_fn, params, (xs, ys, xq, yq) = mlp_problem
     kwargs = dict(lam=LAM, inner=GD(5, 0.1), solver=CG(3))
     whole, info = imaml.meta_gradient(loss_fn, params, (xs, ys), (xq, yq), **kwargs)
-    monkeypatch.setattr(_tasks, "CPU_CHUNK_ELEMENTS", 1)  # one task per query chunk
+    monkeypatch.setattr(_tasks, "CPU_CHUNK_ELEMENTS", 1)
+    assert _tasks.cache_chunk((xs, ys), None) == 1 < xs.shape[0]
     chunked, info_chunked = imaml.meta_gradient(loss_fn, params, (xs, ys), (xq, yq), **kwargs)
     for name in params:
         torch.testing.assert_close(chunked[name], whole[name], rtol=1e-12, atol=1e-14)

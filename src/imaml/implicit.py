@@ -26,6 +26,7 @@ from imaml import tree
 from imaml._tasks import (
     Batch,
     adapt_tasks,
+    cache_chunk,
     check_adapted,
     check_lam,
     prepare,
@@ -197,7 +198,7 @@ def _implicit_gradient(
 
     q_grad, q_loss, aux = query_gradients(query_loss, phi, query, chunk_size)
     per_task, s_loss, inner_grad_norm, distance, residual, correction, min_curv, max_curv = vmap(
-        solve, in_dims=(None, 0, 0, 0), chunk_size=chunk_size
+        solve, in_dims=(None, 0, 0, 0), chunk_size=cache_chunk(support, chunk_size)
     )(theta, phi, support, q_grad)
     info = {
         "support_loss": s_loss,
