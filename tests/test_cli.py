@@ -34,13 +34,16 @@ CONFIGS = [
     "miniimagenet-5w1s",
     "omniglot-20w1s",
     "omniglot-20w1s-hf",
+    "omniglot-20w1s-maml",
     "omniglot-20w5s",
     "omniglot-20w5s-hf",
+    "omniglot-20w5s-maml",
     "omniglot-5w1s",
     "omniglot-5w1s-hf",
     "omniglot-5w1s-maml",
     "omniglot-5w5s",
     "omniglot-5w5s-hf",
+    "omniglot-5w5s-maml",
     "sinusoid",
 ]
 

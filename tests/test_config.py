@@ -23,7 +23,8 @@ from imaml.training import build_problem
 BUNDLED = [
     "omniglot-5w1s", "omniglot-5w5s", "omniglot-20w1s", "omniglot-20w5s",
     "omniglot-5w1s-hf", "omniglot-5w5s-hf", "omniglot-20w1s-hf", "omniglot-20w5s-hf",
-    "omniglot-5w1s-maml", "miniimagenet-5w1s", "sinusoid",
+    "omniglot-5w1s-maml", "omniglot-5w5s-maml", "omniglot-20w1s-maml", "omniglot-20w5s-maml",
+    "miniimagenet-5w1s", "sinusoid",
 ]  # fmt: skip
 IMAML_OMNIGLOT = [n for n in BUNDLED if n.startswith("omniglot") and not n.endswith("-maml")]
 
@@ -64,14 +65,21 @@ def test_omniglot_configs_follow_table_2(name: str) -> None:
         assert num_parameters(build_problem(config).model) == 113_221
 
 
-def test_the_maml_baseline_config_is_the_maml_papers_and_shares_imamls_data_and_model() -> None:
-    _, maml = load_config("omniglot-5w1s-maml")
-    _, imaml = load_config("omniglot-5w1s")
+@pytest.mark.parametrize("setting", ["5w1s", "5w5s", "20w1s", "20w5s"])
+def test_the_maml_baseline_configs_are_the_maml_papers_and_share_imamls_data_and_model(
+    setting: str,
+) -> None:
+    _, maml = load_config(f"omniglot-{setting}-maml")
+    _, imaml = load_config(f"omniglot-{setting}")
     assert maml.algorithm == "maml"
-    # Finn et al. 2017, appendix A.1: 5-way Omniglot trains with one step of 0.4, tests with 3.
-    assert (maml.inner.optimizer, maml.inner.steps, maml.inner.lr) == ("gd", 1, 0.4)
-    assert maml.eval.inner_steps == 3
-    assert (maml.train.meta_batch, maml.train.outer_lr, maml.train.meta_steps) == (32, 1e-3, 60_000)
+    # Finn et al. 2017, appendix A.1: 5-way Omniglot trains with one step of 0.4 and meta-batches
+    # of 32, tests with 3 steps; 20-way trains and tests with 5 steps of 0.1, meta-batches of 16.
+    steps, lr, test_steps, meta_batch = (1, 0.4, 3, 32) if imaml.data.ways == 5 else (5, 0.1, 5, 16)
+    assert (maml.inner.optimizer, maml.inner.steps, maml.inner.lr) == ("gd", steps, lr)
+    assert maml.eval.inner_steps == test_steps
+    assert (maml.train.meta_batch, maml.train.outer_lr, maml.train.meta_steps) == (
+        meta_batch, 1e-3, 60_000,
+    )  # fmt: skip
     # Same tasks, model and test protocol as iMAML's config: only the meta-learning differs.
     assert (maml.data, maml.model) == (imaml.data, imaml.model)
     assert (maml.eval.tasks, maml.eval.split) == (imaml.eval.tasks, imaml.eval.split)
