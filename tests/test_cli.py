@@ -79,7 +79,7 @@ def test_train_sinusoid_by_default_then_eval(tmp_path: Path, capsys: Any) -> Non
     run_dir = tmp_path / "run"
     code, out, err = run(capsys, "train", "--run-dir", run_dir, *sets())
     assert code == 0, err
-    assert "training sinusoid (imaml, 4 meta-steps of 2 tasks)" in err
+    assert "training sinusoid (imaml, sinusoid, 4 meta-steps of 2 tasks)" in err
     assert "step 4/4" in err  # progress lines when stderr is not a terminal
     assert "the meta-learned init: mse" in out and "the initial random init: mse" in out
     assert 'description = "iMAML-GD, sinusoid' in (run_dir / "config.toml").read_text()
@@ -143,7 +143,7 @@ def test_train_and_eval_on_real_omniglot(
     random = ["--set", "data.character_split=random", "--set", "data.character_seed=2"]
     code, out, err = run(capsys, "eval", run_dir, "--tasks", "4", *random, *machine)
     assert code == 0, err
-    assert "4 test tasks of the random character split (seed 2): accuracy" in out
+    assert "omniglot 5-way 1-shot, 4 test tasks of the random character split (seed 2): acc" in out
 
 
 PUBLISHED = Path(__file__).parents[1] / "checkpoints" / "omniglot-5w1s-imaml.pt"

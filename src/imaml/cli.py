@@ -18,7 +18,14 @@ from pathlib import Path
 import torch
 
 from imaml.checkpoint import CheckpointError
-from imaml.config import Config, ConfigError, bundled_config_text, bundled_configs, load_config
+from imaml.config import (
+    Config,
+    ConfigError,
+    DataConfig,
+    bundled_config_text,
+    bundled_configs,
+    load_config,
+)
 from imaml.data import DatasetError
 from imaml.distributed import DeviceError, device_for, init_world, shutdown
 from imaml.plot import PlotError, plot_run, plot_validation
@@ -179,6 +186,15 @@ def _new_run_dir(name: str) -> Path:
     return path
 
 
+def _episodes(data: DataConfig) -> str:
+    """The tasks a config meta-learns, e.g. ``omniglot 5-way 1-shot`` (``sinusoid``)."""
+    return (
+        data.dataset
+        if data.dataset == "sinusoid"
+        else f"{data.dataset} {data.ways}-way {data.shots}-shot"
+    )
+
+
 def _train(args: argparse.Namespace) -> int:
     """Meta-train from a bundled config or a TOML file, into a run directory."""
     if args.resume:
@@ -195,8 +211,8 @@ def _train(args: argparse.Namespace) -> int:
     if not args.quiet and int(os.environ.get("RANK", "0")) == 0:
         verb = "resuming" if args.resume else "training"
         print(
-            f"imaml: {verb} {name} ({config.algorithm}, {cfg.meta_steps} meta-steps of "
-            f"{cfg.meta_batch} tasks) in {run_dir}",
+            f"imaml: {verb} {name} ({config.algorithm}, {_episodes(config.data)}, "
+            f"{cfg.meta_steps} meta-steps of {cfg.meta_batch} tasks) in {run_dir}",
             file=sys.stderr,
         )
     start = time.perf_counter()
@@ -254,13 +270,12 @@ def _eval(args: argparse.Namespace) -> int:
         }
         print(json.dumps(record))
     else:
-        shape = "" if data.dataset == "sinusoid" else f" {data.ways}-way {data.shots}-shot"
         sets = "".join(f" --set {o}" for o in args.overrides)
         of = ""
         if data.character_split == "random":
             of = f" of the random character split (seed {data.character_seed})"
         print(
-            f"{out.path}{sets} (step {out.step}), {data.dataset}{shape}, {r.tasks} {out.split} "
+            f"{out.path}{sets} (step {out.step}), {_episodes(data)}, {r.tasks} {out.split} "
             f"tasks{of}: {r}"
         )
     return 0
