@@ -136,6 +136,44 @@ def test_state_dict_resumes_the_same_tasks():
     assert resumed.state_dict()["step"] == 11
 
 
+def test_a_task_pool_draws_meta_batches_from_its_tasks_only():
+    sampler = TaskSampler(coded_dataset(), 5, 1, 2, seed=5, pool=6)
+    used = set()
+    for step in range(10):
+        batch = sampler.sample(8, step=step)
+        indices = sampler.pool_indices(range(step * 8, step * 8 + 8))
+        assert indices.dtype == np.int64 and ((0 <= indices) & (indices < 6)).all()
+        assert_same(batch, sampler.sample_tasks(indices))
+        used |= set(indices.tolist())
+    assert used == set(range(6))  # 80 draws with replacement reach every one of 6 tasks
+
+
+def test_pool_draws_are_uniform_and_keyed_by_seed_and_position():
+    sampler = TaskSampler(coded_dataset(), 5, 1, 2, seed=5, pool=4)
+    counts = np.bincount(sampler.pool_indices(range(4000)), minlength=4)
+    assert np.abs(counts - 1000).max() < 100  # binomial std 27
+    again = TaskSampler(coded_dataset(), 5, 1, 2, seed=5, pool=4)
+    assert np.array_equal(again.pool_indices([7, 3, 4000]), sampler.pool_indices([7, 3, 4000]))
+    other = TaskSampler(coded_dataset(), 5, 1, 2, seed=6, pool=4)
+    assert not np.array_equal(other.pool_indices(range(64)), sampler.pool_indices(range(64)))
+
+
+@pytest.mark.parametrize("world_size", [1, 4])
+def test_a_pooled_run_resumes_and_shards_to_the_same_tasks(world_size: int):
+    dataset = coded_dataset()
+    first = TaskSampler(dataset, 5, 1, 2, seed=3, pool=10)
+    for _ in range(3):
+        first.sample(8)
+    expected = first.sample(8)
+    resumed = TaskSampler(dataset, 5, 1, 2, seed=0, pool=10)
+    resumed.load_state_dict({"seed": 3, "step": 3})
+    shards = [resumed.sample(8, step=3, rank=r, world_size=world_size) for r in range(world_size)]
+    assert_same(expected, [torch.cat(parts) for parts in zip(*shards, strict=True)])
+    # Pool task j is task j of the sampler whatever the pool's size.
+    bigger = TaskSampler(dataset, 5, 1, 2, seed=3, pool=1000)
+    assert_same(bigger.sample_tasks([4]), first.sample_tasks([4]))
+
+
 def test_task_generator_is_keyed_by_seed_and_index():
     draw = [task_generator(s, i).random(4) for s, i in [(0, 0), (0, 1), (1, 0), (0, 0)]]
     assert np.array_equal(draw[0], draw[3])
@@ -193,6 +231,10 @@ def test_bad_arguments_raise_clear_errors():
         sampler.sample(8, step=-1)
     with pytest.raises(ValueError, match="no task indices"):
         sampler.sample_tasks([])
+    with pytest.raises(ValueError, match="pool must be an int >= 0"):
+        TaskSampler(dataset, 5, 1, 1, pool=-1)
+    with pytest.raises(ValueError, match="no task pool"):
+        sampler.pool_indices([0])
     with pytest.raises(ValueError, match="uint8"):
         ImageDataset(np.zeros((2, 3, 1, 2, 2), np.float32))
     with pytest.raises(ValueError, match="3 class names given for 2 classes"):

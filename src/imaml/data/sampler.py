@@ -4,11 +4,15 @@ Task ``i`` of a sampler with seed ``s`` is drawn from its own counter-based rand
 (:func:`task_generator`), so it does not depend on which other tasks are drawn, in what order, or by
 how many processes. :meth:`TaskSampler.sample` maps meta-step ``k`` of a ``meta_batch``-task run to
 the tasks ``k * meta_batch, ..., (k + 1) * meta_batch - 1`` and can hand each of ``world_size``
-ranks its contiguous share of them.
+ranks its contiguous share of them. With a task pool of P tasks, the task at each of those
+positions is instead task ``j`` (``0 <= j < P``) of the sampler, ``j`` drawn uniformly per
+position from a stream of its own (:meth:`TaskSampler.pool_indices`): a fixed set of tasks
+pre-sampled once, as the released iMAML code trains (examples/README.md: 200,000).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from typing import NamedTuple
 
@@ -53,6 +57,13 @@ def task_generator(seed: int, index: int) -> np.random.Generator:
     return np.random.Generator(np.random.Philox(key=(seed << 64) | index))
 
 
+def pool_seed(seed: int) -> int:
+    """The seed of the pool-index streams of a sampler with ``seed``: derived from it by hash,
+    so that they are independent of its task streams."""
+    digest = hashlib.sha256(f"imaml:task-pool:{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
 class TaskSampler:
     """Draws N-way K-shot tasks from an image data set, or regression tasks from a Sinusoid.
 
@@ -71,18 +82,27 @@ class TaskSampler:
     ``k*B + r*B/W, ..., k*B + (r+1)*B/W - 1``; concatenated over ranks, these are exactly the
     ``sample(B, step=k)`` batch of one process. :meth:`sample_tasks` takes any task indices.
 
+    Task pool: with ``pool`` = P > 0, :meth:`sample` draws each task of a meta-step from the
+    fixed pool of tasks ``0, ..., P - 1`` (with replacement, as the released iMAML code's
+    ``np.random.choice(num_tasks, size=task_mb_size)``, examples/omniglot_implicit_maml.py);
+    pool task ``j`` is task ``j`` of the sampler, a pure function of (seed, j), and which one
+    fills each position is a pure function of (seed, position), so resumed and distributed runs
+    draw the same tasks. :meth:`sample_tasks` is not affected.
+
     Args:
         dataset: an :class:`ImageDataset` (Omniglot, MiniImageNet, ...) or a :class:`Sinusoid`.
         ways: classes per task (ignored for regression; pass 1).
         shots: support examples per class (per task for regression).
         query_shots: query examples per class (per task for regression).
         seed: in [0, 2**64); fixes every task.
+        pool: the number of pre-sampled tasks :meth:`sample` draws from; 0 (default) draws a
+            fresh task at every position.
         device: where batches are produced. For an image data set on a non-CPU device, the whole
             uint8 image array is copied there once, at construction.
 
     Raises:
-        ValueError: a count below 1, ``ways`` above the number of classes, or
-            ``shots + query_shots`` above the images per class.
+        ValueError: a count below 1, ``ways`` above the number of classes,
+            ``shots + query_shots`` above the images per class, or a negative ``pool``.
     """
 
     def __init__(
@@ -93,11 +113,15 @@ class TaskSampler:
         query_shots: int,
         seed: int = 0,
         device: torch.device | str | None = None,
+        pool: int = 0,
     ) -> None:
         for name, value in {"ways": ways, "shots": shots, "query_shots": query_shots}.items():
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")
+        if not isinstance(pool, int) or pool < 0:
+            raise ValueError(f"pool must be an int >= 0 (0: no pool), got {pool!r}")
         _check_u64("seed", seed)
+        self.pool = pool
         self.dataset = dataset
         self.ways = ways
         self.shots = shots
@@ -136,6 +160,22 @@ class TaskSampler:
         task ``i``'s amplitude, phase and points, the same as in any batch holding task ``i``.
         """
         return task_generator(self.seed, index)
+
+    def pool_indices(self, positions: Iterable[int]) -> np.ndarray:
+        """The pool tasks (int64, one per position) that fill the given meta-batch positions.
+
+        Position ``t`` (task ``t mod meta_batch`` of meta-step ``t // meta_batch``) gets task
+        ``j``, uniform in [0, pool), drawn from the stream ``task_generator(pool_seed(seed), t)``.
+
+        Raises:
+            ValueError: the sampler has no pool.
+        """
+        if not self.pool:
+            raise ValueError("this sampler has no task pool (pool=0)")
+        stream = pool_seed(self.seed)
+        return np.array(
+            [task_generator(stream, int(t)).integers(self.pool) for t in positions], np.int64
+        )
 
     def sample_tasks(self, indices: Iterable[int]) -> TaskBatch:
         """Return the tasks with the given global indices, in that order (B = len(indices))."""
@@ -181,9 +221,10 @@ class TaskSampler:
         """Return rank ``rank``'s share of meta-step ``step`` (default :attr:`step`).
 
         Meta-step ``k`` holds the ``meta_batch`` tasks ``k * meta_batch, ...,
-        (k + 1) * meta_batch - 1``; rank ``r`` of ``world_size`` receives the ``r``-th of
-        ``world_size`` equal contiguous slices, so B = meta_batch // world_size tasks. Sets
-        :attr:`step` to ``step + 1`` afterwards.
+        (k + 1) * meta_batch - 1`` (with a pool, the pool tasks :meth:`pool_indices` assigns to
+        those positions); rank ``r`` of ``world_size`` receives the ``r``-th of ``world_size``
+        equal contiguous slices, so B = meta_batch // world_size tasks. Sets :attr:`step` to
+        ``step + 1`` afterwards.
 
         Raises:
             ValueError: ``meta_batch`` not divisible by ``world_size``, ``rank`` outside
@@ -200,7 +241,8 @@ class TaskSampler:
             raise ValueError(f"step must be non-negative, got {step}")
         per_rank = meta_batch // world_size
         start = step * meta_batch + rank * per_rank
-        batch = self.sample_tasks(range(start, start + per_rank))
+        positions = range(start, start + per_rank)
+        batch = self.sample_tasks(self.pool_indices(positions) if self.pool else positions)
         self.step = step + 1
         return batch
 
