@@ -49,13 +49,16 @@ def test_bundled_config_parses_and_builds_its_model(name: str) -> None:
 @pytest.mark.parametrize("name", IMAML_OMNIGLOT)
 def test_omniglot_configs_follow_table_2(name: str) -> None:
     _, config = load_config(name)
-    # lam 0.5 where the paper's 2.0 was measured to fail (docs/omniglot.md); others: paper's.
+    # lam 0.5 where the paper's 2.0 was measured to fail (docs/experiments/omniglot-5w1s.md);
+    # the others: the paper's.
     lam = 0.5 if name == "omniglot-5w1s" else 2.0
     assert (config.algorithm, config.imaml.lam, config.imaml.solver_iters) == ("imaml", lam, 5)
-    # MINRES, not the paper's CG: I + H/lam is indefinite for this network (docs/omniglot.md).
+    # MINRES, not the paper's CG: I + H/lam is indefinite for this network
+    # (docs/experiments/omniglot-5w1s.md).
     assert config.imaml.solver == "minres"
     assert (config.train.outer_optimizer, config.train.outer_lr) == ("adam", 1e-3)
-    assert config.train.meta_batch == 32
+    # 32 tasks as the released code's README for 5-way; 16 for 20-way, as MAML used.
+    assert config.train.meta_batch == (32 if config.data.ways == 5 else 16)
     if name.endswith("-hf"):
         assert (config.inner.optimizer, config.inner.cg_iters) == ("hf", 5)
     else:

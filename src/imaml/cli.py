@@ -1,4 +1,5 @@
-"""The ``imaml`` command: ``train``, ``eval``, ``summary``, ``configs``, ``plot`` and ``bench``.
+"""The ``imaml`` command: ``train``, ``eval``, ``models``, ``export``, ``summary``, ``configs``,
+``plot`` and ``bench``.
 
 Every user error ends with a one-line ``imaml: error: ...`` on stderr and exit status 1
 (2 for bad command-line syntax, 130 for Ctrl-C, 143 for SIGTERM); progress goes to stderr,
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from imaml import checkpoint, zoo
 from imaml.checkpoint import CheckpointError
 from imaml.config import (
     Config,
@@ -37,6 +39,7 @@ from imaml.training import (
     TrainingError,
     TrainResult,
     evaluate_checkpoint,
+    resolve_checkpoint,
     resume_config,
     summarize_run,
     train,
@@ -125,8 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_machine_options(p)
     p.set_defaults(func=_train)
 
-    p = commands.add_parser("eval", help="meta-test a checkpoint", description=_eval.__doc__)
-    p.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT", type=Path)
+    p = commands.add_parser(
+        "eval", help="meta-test a published model or a checkpoint", description=_eval.__doc__
+    )
+    p.add_argument(
+        "path",
+        metavar="MODEL",
+        help="a published model's name (see `imaml models`), a checkpoint or model file, or a "
+        "run directory (its best.pt)",
+    )
     p.add_argument(
         "--split",
         choices=("train", "val", "test", "trainval"),
@@ -158,6 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("name", nargs="?", metavar="NAME", help="print this config's TOML")
     p.set_defaults(func=_configs)
+
+    p = commands.add_parser("models", help="list the published models", description=_models.__doc__)
+    p.add_argument("--json", action="store_true", help="print one JSON object per model")
+    p.set_defaults(func=_models)
+
+    p = commands.add_parser(
+        "export", help="write a checkpoint's model as a .safetensors file",
+        description=_export.__doc__,
+    )  # fmt: skip
+    p.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT", type=Path)
+    p.add_argument("out", metavar="FILE.safetensors", type=Path)
+    p.set_defaults(func=_export)
 
     p = commands.add_parser(
         "plot", help="plot a run's learning curves, or compare runs", description=_plot.__doc__
@@ -251,7 +273,7 @@ def _print_summary(config: Config, result: TrainResult, seconds: float) -> None:
 def _eval(args: argparse.Namespace) -> int:
     """Meta-test a checkpoint on held-out tasks: mean accuracy (MSE) ± 95% CI."""
     out = evaluate_checkpoint(
-        args.path, _source(args), split=args.split, tasks=args.tasks, seed=args.seed,
+        zoo.locate(args.path), _source(args), split=args.split, tasks=args.tasks, seed=args.seed,
         overrides=args.overrides, device=device_for(args.device),
     )  # fmt: skip
     r = out.result
@@ -299,6 +321,34 @@ def _configs(args: argparse.Namespace) -> int:
     width = max(map(len, configs))
     for name, description in configs.items():
         print(f"{name:<{width}}  {description}")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    """List the published models: name, setting, test accuracy and meta-steps."""
+    entries = zoo.list_models()
+    if args.json:
+        for entry in entries:
+            print(json.dumps(zoo.describe(entry)))
+        return 0
+    width = max(len(e.name) for e in entries)
+    for e in entries:
+        print(
+            f"{e.name:<{width}}  {e.dataset} {e.ways}-way {e.shots}-shot, {e.algorithm}, "
+            f"{e.character_split} split: {100 * e.accuracy:.2f} ± {100 * e.ci95:.2f} % "
+            f"({e.meta_steps:,} meta-steps; paper {e.paper})"
+        )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    """Write the parameters and config of a checkpoint (or a run directory's best one) as a
+    model file (safetensors: loading it runs no code), and print its sha256."""
+    state = checkpoint.load(resolve_checkpoint(args.path))
+    if args.out.suffix != ".safetensors":
+        raise ConfigError(f"the model file must end in .safetensors, got {args.out}")
+    digest = zoo.save_model(args.out, state["params"], state["config"], state["step"])
+    print(f"{args.out} (step {state['step']}): sha256 {digest}")
     return 0
 
 

@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.func import vmap
 
 import imaml
-from imaml import checkpoint, tree
+from imaml import checkpoint, tree, zoo
 from imaml._tasks import adapt_tasks, cache_chunk, check_lam, prepare
 from imaml.config import Config, ConfigError
 from imaml.data import TaskBatch, TaskSampler
@@ -207,10 +207,15 @@ class TrainedModel:
 def load_trained_model(
     path: str | Path, overrides: Sequence[str] = (), device: torch.device | str = "cpu"
 ) -> TrainedModel:
-    """Load a checkpoint (or a run directory's best one) with its config and ``KEY=VALUE``
-    ``overrides``, checking that its parameters fit the config's model."""
+    """Load a checkpoint, a published model file (``.safetensors``) or a run directory's best
+    checkpoint, with its config and ``KEY=VALUE`` ``overrides``, checking that its parameters
+    fit the config's model."""
     path = resolve_checkpoint(path)
-    state = checkpoint.load(path)
+    if path.suffix == ".safetensors":  # a published model file
+        published = zoo.read_model(path)
+        state = {"config": published.config, "params": published.params, "step": published.step}
+    else:
+        state = checkpoint.load(path)
     config = checkpoint_config(state, overrides)
     problem = build_problem(config)
     expected = {k: v.shape for k, v in problem.model.named_parameters()}
