@@ -2,7 +2,7 @@
 # Everything worth checking on a CUDA machine, in one go (about 7 minutes on one H200):
 #   1. the test suite with the GPU visible (tests/test_cuda.py runs there, skipped elsewhere);
 #   2. float32 meta-gradients of the speed benchmark's problem: batched, loop and CPU, TF32 on
-#      and off; committed checkpoints evaluated on the GPU (compare with the README's CPU figures);
+#      and off; published models evaluated on the GPU (compare with models/manifest.toml);
 #   3. the speed and memory benchmarks on the GPU (JSON + PNG);
 #   4. the meta-step time of `imaml train` for each bundled Omniglot config.
 # Usage, from a checkout with imaml importable and Omniglot under $IMAML_DATA:
@@ -69,9 +69,8 @@ for tf32 in (True, False):
     )
 EOF
 
-stage "committed checkpoints on $device (600 test tasks each)"
-for ckpt in checkpoints/omniglot-5w1s-imaml.pt checkpoints/runs/omniglot-5w1s-imaml-random-decay5k \
-    checkpoints/runs/omniglot-5w1s-maml-random-decay8k; do
+stage "published models on $device (600 test tasks each; compare with models/manifest.toml)"
+for ckpt in omniglot-5w1s-imaml omniglot-5w1s-imaml-random omniglot-5w1s-maml-random; do
     start=$EPOCHREALTIME
     result=$(timeout 120 python3 -m imaml eval "$ckpt" --device "$device" --json) || continue
     python3 -c "import json, sys; r = json.loads(sys.argv[1]); r.update(checkpoint=sys.argv[2], \
