@@ -258,3 +258,46 @@ def test_smallest_tridiagonal_eigenvalue_matches_eigvalsh():
         for i in range(3):
             t = torch.diag(diagonal[i]) + torch.diag(upper[i], 1) + torch.diag(upper[i], -1)
             torch.testing.assert_close(got[i], torch.linalg.eigvalsh(t)[0], rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("scale", [1e-6, 1.0, 1e6])
+def test_converged_krylov_solvers_report_the_exact_extremes(scale):
+    # 60 iterations on a 6×6 system, with tol=0: CG's ‖r‖² falls far below 1e-30 (where a
+    # clamp once shrank its Lanczos entries: a reported minimum of ~1e-13); MINRES's Krylov
+    # space is exhausted after 6 iterations.
+    a = spd(6, 0)
+    b = scale * torch.linspace(-1, 2, 6, dtype=torch.float64)
+    exact = torch.linalg.eigvalsh(a)[[0, -1]]
+    for solver in (CG(60), MINRES(60)):
+        solution = solver(matvec_of(a), as_tree(b))
+        assert solution.residual < 1e-12
+        got = torch.stack([solution.min_curvature, solution.max_curvature])
+        torch.testing.assert_close(got, exact, rtol=1e-11, atol=0)
+
+
+def test_minres_does_not_depend_on_the_scale_of_b():
+    # In float32 an exhaustion test relative to ‖b‖ instead of ‖A‖ stopped this solve after
+    # one iteration at ‖b‖ = 1e8.
+    a = spd(6, 0).float()
+    b = torch.linspace(-1, 2, 6)
+    small, large = (minres(matvec_of(a), as_tree(s * b), 6) for s in (1.0, 1e8))
+    torch.testing.assert_close(tree.flatten(large.x)[0] / 1e8, tree.flatten(small.x)[0])
+    for got in (small, large):
+        torch.testing.assert_close(got.residual, small.residual, rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            torch.stack([got.min_curvature, got.max_curvature]),
+            torch.linalg.eigvalsh(a)[[0, -1]],
+        )
+
+
+def test_cg_iterates_are_the_galerkin_solutions():
+    # x_k solves the system projected on the Krylov space, Qᵀ A Q y = Qᵀ b, x_k = Q y (even
+    # for an indefinite A, barring breakdown): CG's iterates and residuals are unchanged by
+    # where its Lanczos matrix stops.
+    a, b, matvec = indefinite_system()
+    for k, basis in krylov_bases(a, b):
+        expected = basis @ torch.linalg.solve(basis.T @ a @ basis, basis.T @ b)
+        got = conjugate_gradient(matvec, {"v": b}, k)
+        torch.testing.assert_close(got.x["v"], expected, rtol=1e-8, atol=1e-10)
+        true = torch.linalg.norm(a @ got.x["v"] - b) / torch.linalg.norm(b)
+        torch.testing.assert_close(got.residual, true, rtol=1e-6, atol=1e-12)

@@ -80,9 +80,13 @@ def conjugate_gradient(
     solve keeps its solution. With ``stop_on_negative_curvature`` it also stops at a
     direction ``p`` with ``pᵀAp ≤ 0`` (truncated Newton-CG). The residual returned is CG's
     recursively updated one, equal to ``‖b − Ax‖/‖b‖`` up to round-off; ``min_curvature``
-    is the smallest Ritz value of ``A`` from CG's Lanczos matrix (Golub & Van Loan §11.3.5:
-    ``T[k, k] = 1/α_k + β_{k−1}/α_{k−1}``, ``T[k, k+1] = √β_k/α_k``), the direction
-    where CG stopped at negative curvature included.
+    and ``max_curvature`` are the extreme Ritz values of ``A`` from CG's Lanczos matrix
+    (Golub & Van Loan §11.3.5: ``T[k, k] = 1/α_k + β_{k−1}/α_{k−1}``,
+    ``T[k, k+1] = √β_k/α_k``), the direction where CG stopped at negative curvature
+    included. That matrix stops growing where the iterates stop or where the recurrence
+    breaks down: where ``‖r‖²`` falls to the bottom of the dtype's range (below
+    ``finfo.tiny / finfo.eps``: 1e-292 in float64, 1e-31 in float32), its ratios would be
+    rounding noise. The iterates themselves go on to ``iters`` (or ``tol``).
     """
     x = tree.zeros_like(b)
     r = b
@@ -90,14 +94,18 @@ def conjugate_gradient(
     rs = tree.dot(r, r)
     b_sq = rs
     threshold = (tol * tol) * b_sq
+    info = torch.finfo(rs.dtype)
+    breakdown = info.tiny / info.eps
     running = torch.ones_like(rs, dtype=torch.bool)  # once stopped, stopped for good
-    lanczos: list[tuple[Tensor, Tensor, Tensor]] = []  # (entered, T[k, k], T[k, k + 1])
+    recording = running  # whether the Lanczos matrix still grows; once stopped, for good
+    lanczos: list[tuple[Tensor, Tensor, Tensor]] = []  # (recorded, T[k, k], T[k, k + 1])
     previous = torch.zeros_like(rs)  # β_{k−1}/α_{k−1}
     for _ in range(iters):
         entered = running & (rs > threshold)
+        recording = recording & entered & (rs > breakdown)
         ap = matvec(p)
         pap = tree.dot(p, ap)
-        inv_alpha = pap / torch.clamp(rs, min=_TINY)
+        inv_alpha = pap / torch.where(recording, rs, torch.ones_like(rs))
         active = entered
         if stop_on_negative_curvature:
             active = active & (pap > 0)
@@ -107,7 +115,7 @@ def conjugate_gradient(
         r = tree.axpy(-alpha, ap, r)
         rs_new = tree.dot(r, r)
         beta = torch.where(active, rs_new / torch.where(active, rs, torch.ones_like(rs)), 0.0)
-        lanczos.append((entered, inv_alpha + previous, torch.sqrt(beta) * inv_alpha))
+        lanczos.append((recording, inv_alpha + previous, torch.sqrt(beta) * inv_alpha))
         previous = beta * inv_alpha
         p = tree.axpy(beta, p, r)
         rs = torch.where(active, rs_new, rs)
@@ -120,9 +128,12 @@ def minres(matvec: MatVec, b: Params, iters: int, tol: float = 0.0) -> Solution:
     Iterate k minimizes ``‖b − A x‖`` over the Krylov space ``span{b, Ab, …, A^(k−1) b}``,
     so the residual never grows (it is at most 1, where CG's can blow up on an indefinite
     system). ``iters`` matvecs; updates are masked out once ``‖r‖ ≤ tol·‖b‖`` or the Krylov
-    space is exhausted. The residual returned is the recursively updated one (Lanczos with
-    Givens rotations), equal to ``‖b − Ax‖/‖b‖`` up to round-off; ``min_curvature`` is the
-    smallest eigenvalue of the Lanczos tridiagonal matrix (a Ritz value of ``A``).
+    space is exhausted: the next Lanczos vector's norm falls to ``finfo.eps`` times the
+    largest Lanczos entry so far (an estimate of ``‖A‖``, so the test does not depend on the
+    scale of ``b``). The residual returned is the recursively updated one (Lanczos with
+    Givens rotations), equal to ``‖b − Ax‖/‖b‖`` up to round-off; ``min_curvature`` and
+    ``max_curvature`` are the extreme eigenvalues of the Lanczos tridiagonal matrix of the
+    iterations that ran (Ritz values of ``A``).
     """
     beta1 = tree.norm(b)
     zero = torch.zeros_like(beta1)
@@ -133,8 +144,8 @@ def minres(matvec: MatVec, b: Params, iters: int, tol: float = 0.0) -> Solution:
     cs, sn = -torch.ones_like(beta1), zero
     dbar, eps, phibar = zero, zero, beta1
     threshold = tol * beta1
-    # The Krylov space is exhausted when the next Lanczos vector's norm falls to round-off.
-    exhausted = torch.finfo(beta1.dtype).eps * beta1
+    roundoff = torch.finfo(beta1.dtype).eps
+    exhausted = zero  # roundoff·(the largest |T[j, j]|, T[j, j + 1] so far), round-off of ‖A‖
     active = torch.ones_like(beta1, dtype=torch.bool)
     lanczos: list[tuple[Tensor, Tensor, Tensor]] = []  # (active, T[k, k], T[k, k + 1])
     for k in range(iters):
@@ -148,6 +159,7 @@ def minres(matvec: MatVec, b: Params, iters: int, tol: float = 0.0) -> Solution:
         r_prev, r = r, y
         beta_prev, beta = beta, tree.norm(y)
         lanczos.append((active, alpha, beta))
+        exhausted = torch.maximum(exhausted, roundoff * torch.maximum(alpha.abs(), beta))
         # Apply the previous rotation to the new column of the tridiagonal matrix, then a new
         # rotation that annihilates its subdiagonal entry beta.
         eps_prev = eps
