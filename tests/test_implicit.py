@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import imaml
-from conftest import make_linear_tasks
+from conftest import make_linear_tasks, make_regression_batch
 from imaml import _tasks, tree
 from imaml.bench.accuracy import linear_loss
 from imaml.inner import GD, HessianFree
@@ -450,3 +450,37 @@ def test_generated_tasks_are_not_degenerate():
     eig = torch.linalg.eigvalsh(torch.eye(5, dtype=h.dtype) + h / LAM)
     # Neumann(alpha=0.45) above converges when alpha * eig < 2 for every eigenvalue.
     assert eig.max() * 0.45 < 2 and eig.min() > 1
+
+
+def test_converged_solvers_report_the_dense_extremes():
+    # The measurement of issue 26: a 25-parameter tanh MLP (1→8→1), 4 tasks, float64, GD
+    # lr 0.15 for 16 steps, λ 2. CG(30) with tol=0 iterates on a residual far below round-off
+    # (it once reported minima near 1e-13, the true ones being 0.78-0.90); every solver must
+    # report the extreme eigenvalues of I + H/λ, H the full Hessian, batched as per task.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    loss_fn, params = imaml.regression_loss(model), dict(model.named_parameters())
+    xs, ys, xq, yq = make_regression_batch(num_tasks=4)
+    phi = imaml.adapt(loss_fn, params, (xs, ys), lam=LAM, inner=GD(16, 0.15))
+
+    def system_matrix(i: int) -> torch.Tensor:
+        vector, unflatten = tree.flatten({k: v[i] for k, v in phi.items()})
+        hessian = torch.func.hessian(lambda v: loss_fn(unflatten(v), xs[i], ys[i]))(vector)
+        return torch.eye(vector.numel(), dtype=vector.dtype) + hessian / LAM
+
+    exact = torch.stack([torch.linalg.eigvalsh(system_matrix(i))[[0, -1]] for i in range(4)])
+    assert sum(p.numel() for p in params.values()) == 25 and torch.all(exact[:, 0] > 0.5)
+
+    def extremes(solver, tasks=slice(None)):
+        _, info = imaml.implicit_gradient(
+            loss_fn, params, {k: v[tasks] for k, v in phi.items()}, (xs[tasks], ys[tasks]),
+            (xq[tasks], yq[tasks]), lam=LAM, solver=solver,
+        )  # fmt: skip
+        assert torch.all(info["solver_residual"] < 1e-12)
+        return torch.stack([info["solver_min_curvature"], info["solver_max_curvature"]], dim=1)
+
+    for solver in (CG(30), MINRES(30), Dense()):
+        batched = extremes(solver)
+        torch.testing.assert_close(batched, exact, rtol=1e-10, atol=0)
+        if not isinstance(solver, Dense):
+            torch.testing.assert_close(extremes(solver, slice(2, 3))[0], batched[2])
