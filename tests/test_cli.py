@@ -41,6 +41,7 @@ CONFIGS = [
     "omniglot-5w1s",
     "omniglot-5w1s-hf",
     "omniglot-5w1s-maml",
+    "omniglot-5w1s-released",
     "omniglot-5w5s",
     "omniglot-5w5s-hf",
     "omniglot-5w5s-maml",

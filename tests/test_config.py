@@ -24,9 +24,11 @@ BUNDLED = [
     "omniglot-5w1s", "omniglot-5w5s", "omniglot-20w1s", "omniglot-20w5s",
     "omniglot-5w1s-hf", "omniglot-5w5s-hf", "omniglot-20w1s-hf", "omniglot-20w5s-hf",
     "omniglot-5w1s-maml", "omniglot-5w5s-maml", "omniglot-20w1s-maml", "omniglot-20w5s-maml",
-    "miniimagenet-5w1s", "sinusoid",
+    "omniglot-5w1s-released", "miniimagenet-5w1s", "sinusoid",
 ]  # fmt: skip
-IMAML_OMNIGLOT = [n for n in BUNDLED if n.startswith("omniglot") and not n.endswith("-maml")]
+IMAML_OMNIGLOT = [
+    n for n in BUNDLED if n.startswith("omniglot") and not n.endswith(("-maml", "-released"))
+]
 
 
 def test_the_bundled_configs_are_the_papers_settings() -> None:
@@ -112,7 +114,7 @@ def test_overrides_take_the_fields_type() -> None:
         ("train.meta_steps=1.5", "train.meta_steps must be an integer, got 1.5"),
         ("train.meta_steps=true", "train.meta_steps must be an integer"),
         ("inner.lr=fast", "inner.lr must be a number"),
-        ("algorithm=sgd", "algorithm must be one of 'imaml', 'maml', 'fomaml', 'reptile'"),
+        ("algorithm=sgd", "algorithm must be one of 'imaml', 'imaml-released', 'maml', 'fomaml'"),
         ("data.rotations=1", "data.rotations must be a boolean"),
         ("data.character_split=alphabets", "data.character_split must be one of 'vinyals', 'r"),
         ("model.hidden=[4, 'x']", "model.hidden[1] must be an integer"),

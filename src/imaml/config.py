@@ -1,14 +1,15 @@
 """Experiment configuration: a typed schema, the bundled TOML configs, and ``--set`` overrides.
 
-A config is a TOML file with two top-level keys and six tables::
+A config is a TOML file with two top-level keys and seven tables::
 
-    algorithm = "imaml"            # imaml | maml | fomaml | reptile
+    algorithm = "imaml"            # imaml | imaml-released | maml | fomaml | reptile
     description = "one line"
     [data]   dataset, ways, shots, query_shots, image_size, rotations, train_split, val_split,
-             character_split, character_seed
+             character_split, character_seed, task_pool
     [model]  name, filters, downsample, hidden
     [inner]  optimizer, steps, lr, cg_iters, ls_steps
     [imaml]  lam, solver, solver_iters, neumann_alpha
+    [released] cg_damping, lam_damping
     [train]  meta_steps, meta_batch, seed, outer_optimizer, outer_lr, outer_lr_milestones,
              outer_lr_gamma, chunk_size, log_every, val_every, val_tasks, checkpoint_every,
              init_from
@@ -36,7 +37,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-Algorithm = Literal["imaml", "maml", "fomaml", "reptile"]
+Algorithm = Literal["imaml", "imaml-released", "maml", "fomaml", "reptile"]
 Split = Literal["train", "val", "test", "trainval"]
 
 
@@ -54,6 +55,8 @@ class DataConfig:
     Omniglot's Vinyals character split (test alphabets unseen in training) or, with
     ``character_split = "random"``, of a random one drawn with ``character_seed`` (MAML's and
     iMAML's protocol: test characters from training alphabets; :class:`imaml.data.Omniglot`).
+    ``task_pool`` > 0 meta-trains on a fixed pool of that many tasks pre-sampled once, as the
+    released iMAML code does (0: a fresh task every time; :class:`imaml.data.TaskSampler`).
     """
 
     dataset: Literal["omniglot", "miniimagenet", "sinusoid"] = "omniglot"
@@ -66,13 +69,18 @@ class DataConfig:
     val_split: Split = "val"
     character_split: Literal["vinyals", "random"] = "vinyals"
     character_seed: int = 0
+    task_pool: int = 0
 
 
 @dataclass
 class ModelConfig:
-    """The network: ``conv4`` (``filters``, ``downsample``) or ``mlp`` (``hidden`` sizes)."""
+    """The network: ``conv4`` (``filters``, ``downsample``) or ``mlp`` (``hidden`` sizes).
 
-    name: Literal["conv4", "mlp"] = "conv4"
+    ``conv4-released`` is the released iMAML code's conv4 (its padding and initialization,
+    :class:`imaml.models.Conv4` with ``variant="released"``; ``downsample = "stride"``).
+    """
+
+    name: Literal["conv4", "conv4-released", "mlp"] = "conv4"
     filters: int = 64
     downsample: Literal["stride", "pool"] = "stride"
     hidden: list[int] = field(default_factory=lambda: [40, 40])
@@ -97,6 +105,19 @@ class ImamlConfig:
     solver: Literal["cg", "minres", "neumann", "dense"] = "cg"
     solver_iters: int = 5
     neumann_alpha: float = 0.1
+
+
+@dataclass
+class ReleasedConfig:
+    """The dampings of ``algorithm = "imaml-released"`` (:mod:`imaml.released`).
+
+    Its operator is ``(1 + cg_damping)·v + Hv/(λ + lam_damping)`` with λ = ``imaml.lam``;
+    the released code's ``--cg_damping`` (1.0 in its README) and ``Learner.matrix_evaluator``'s
+    ``lam_damping`` (10).
+    """
+
+    cg_damping: float = 1.0
+    lam_damping: float = 10.0
 
 
 @dataclass
@@ -155,6 +176,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     inner: InnerConfig = field(default_factory=InnerConfig)
     imaml: ImamlConfig = field(default_factory=ImamlConfig)
+    released: ReleasedConfig = field(default_factory=ReleasedConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
@@ -185,7 +207,8 @@ _POSITIVE = {
 }  # fmt: skip
 _NON_NEGATIVE = {
     "inner.steps", "imaml.lam", "train.meta_steps", "train.seed", "train.chunk_size",
-    "train.val_every", "eval.inner_steps",
+    "train.val_every", "eval.inner_steps", "data.task_pool", "released.cg_damping",
+    "released.lam_damping",
 }  # fmt: skip
 
 
@@ -264,12 +287,18 @@ def _validate(config: Config) -> Config:
         if not math.isfinite(value) or value < 0 or (key in _POSITIVE and value == 0):
             bound = "> 0" if key in _POSITIVE else ">= 0"
             raise ConfigError(f"{key} must be {bound}, got {value!r}")
-    if config.algorithm == "imaml" and config.imaml.lam == 0:
-        raise ConfigError("imaml.lam must be > 0 for algorithm 'imaml' (the paper uses 2.0)")
+    if config.algorithm in ("imaml", "imaml-released") and config.imaml.lam == 0:
+        raise ConfigError(
+            f"imaml.lam must be > 0 for algorithm {config.algorithm!r} (the paper uses 2.0)"
+        )
+    if config.algorithm == "imaml-released":
+        _validate_released(config)
     if config.model.name == "mlp" and config.data.dataset != "sinusoid":
         raise ConfigError("model.name 'mlp' needs data.dataset 'sinusoid'; images need 'conv4'")
-    if config.model.name == "conv4" and config.data.dataset == "sinusoid":
+    if config.model.name != "mlp" and config.data.dataset == "sinusoid":
         raise ConfigError("data.dataset 'sinusoid' needs model.name 'mlp'")
+    if config.model.name == "conv4-released" and config.model.downsample != "stride":
+        raise ConfigError("model.name 'conv4-released' needs model.downsample 'stride'")
     splits = (config.data.train_split, config.data.val_split, config.eval.split)
     if config.data.dataset == "miniimagenet" and "trainval" in splits:
         raise ConfigError("mini-ImageNet has no 'trainval' split; use 'train', 'val' or 'test'")
@@ -286,6 +315,21 @@ def _validate(config: Config) -> Config:
     if any(h < 1 for h in config.model.hidden):
         raise ConfigError(f"model.hidden sizes must be > 0, got {config.model.hidden}")
     return config
+
+
+def _validate_released(config: Config) -> None:
+    """The released iMAML code's pipeline runs GD inner steps and a CG solve of >= 2 steps."""
+    if config.inner.optimizer != "gd":
+        raise ConfigError(
+            "algorithm 'imaml-released' needs inner.optimizer 'gd' (the released code's only "
+            f"inner loop), got {config.inner.optimizer!r}"
+        )
+    if config.imaml.solver != "cg" or config.imaml.solver_iters < 2:
+        raise ConfigError(
+            "algorithm 'imaml-released' needs imaml.solver 'cg' with imaml.solver_iters >= 2 "
+            f"(the released code's solve), got {config.imaml.solver!r} with "
+            f"{config.imaml.solver_iters}"
+        )
 
 
 def from_dict(values: Mapping[str, Any], overrides: Iterable[str] = ()) -> Config:
@@ -394,6 +438,7 @@ __all__ = [
     "ImamlConfig",
     "InnerConfig",
     "ModelConfig",
+    "ReleasedConfig",
     "TrainConfig",
     "bundled_config_text",
     "bundled_configs",

@@ -67,6 +67,7 @@ def build_model(config: Config) -> nn.Module:
             hidden=model.filters,
             image_size=data.image_size,
             downsample=model.downsample,
+            variant="released" if model.name == "conv4-released" else "standard",
         )
 
 
@@ -101,7 +102,11 @@ def build_solver(config: Config) -> solvers.LinearSolver:
 
 
 def adaptation_lam(config: Config) -> float:
-    """λ of test-time adaptation: iMAML adapts with its proximal term, the others without."""
+    """λ of test-time adaptation: iMAML adapts with its proximal term, the others without.
+
+    ``imaml-released`` adapts without it too, as the released code's README evaluates
+    (examples/measure_accuracy.py ``--lam 0.0``: plain GD on the support loss).
+    """
     return config.imaml.lam if config.algorithm == "imaml" else 0.0
 
 
@@ -136,6 +141,10 @@ def build_sampler(
 ) -> TaskSampler:
     """A task sampler over ``split`` of the config's data set, its tasks fixed by ``seed``.
 
+    With ``data.task_pool`` > 0 its meta-steps (:meth:`TaskSampler.sample`, what training
+    draws) come from that many fixed tasks; evaluation's :meth:`TaskSampler.sample_tasks`
+    does not use the pool.
+
     Raises:
         DatasetNotFoundError: the data set is not under ``source.root`` (the message says how
             to get it).
@@ -167,7 +176,8 @@ def build_sampler(
             ) from None
     try:
         return TaskSampler(
-            dataset, data.ways, data.shots, data.query_shots, split_seed(seed, split), device=device
-        )
+            dataset, data.ways, data.shots, data.query_shots, split_seed(seed, split), device,
+            pool=data.task_pool,
+        )  # fmt: skip
     except ValueError as err:
         raise ConfigError(f"data ({split} split): {err}") from None

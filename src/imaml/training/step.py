@@ -19,6 +19,7 @@ import imaml
 from imaml.config import Config, TrainConfig
 from imaml.data import TaskBatch, TaskSampler
 from imaml.distributed import World
+from imaml.released import released_gradient
 from imaml.training.components import Problem, build_inner, build_solver
 from imaml.tree import Params
 
@@ -30,17 +31,36 @@ params) and (B,) diagnostics per task, as :func:`imaml.meta_gradient` returns.""
 def make_gradient_fn(config: Config, problem: Problem) -> GradientFn:
     """The meta-gradient of the config's ``algorithm`` for a batch of tasks.
 
-    imaml: :func:`imaml.meta_gradient`; maml / fomaml: :func:`imaml.maml_gradient`;
-    reptile: :func:`imaml.reptile_gradient` (θ − φ, adapted on the support set).
+    imaml: :func:`imaml.meta_gradient`; imaml-released: :func:`imaml.released.released_gradient`
+    (the released code's pipeline, ``[released]`` dampings); maml / fomaml:
+    :func:`imaml.maml_gradient`; reptile: :func:`imaml.reptile_gradient` (θ − φ, adapted on
+    the support set).
     """
-    inner = build_inner(config.inner)
-    common = {
-        "inner": inner,
-        "has_aux": problem.has_aux,
-        "chunk_size": config.train.chunk_size or None,
-    }
     loss_fn = problem.loss_fn
     algorithm = config.algorithm
+    chunk_size = config.train.chunk_size or None
+    if algorithm == "imaml-released":
+        released = {
+            "lam": config.imaml.lam,
+            "steps": config.inner.steps,
+            "lr": config.inner.lr,
+            "cg_damping": config.released.cg_damping,
+            "lam_damping": config.released.lam_damping,
+            "cg_steps": config.imaml.solver_iters,
+            "has_aux": problem.has_aux,
+            "chunk_size": chunk_size,
+        }
+
+        def released_fn(params: Params, tasks: TaskBatch) -> tuple[Params, dict[str, Tensor]]:
+            support, query = (tasks.xs, tasks.ys), (tasks.xq, tasks.yq)
+            return released_gradient(loss_fn, params, support, query, **released)
+
+        return released_fn
+    common = {
+        "inner": build_inner(config.inner),
+        "has_aux": problem.has_aux,
+        "chunk_size": chunk_size,
+    }
     if algorithm == "imaml":
         lam, solver = config.imaml.lam, build_solver(config)
 
