@@ -18,6 +18,7 @@ from imaml.learner import IMAML, MAML, AdaptedModel, MetaLearner, Reptile
 from imaml.losses import classification_loss, regression_loss
 from imaml.objective import Objective
 from imaml.solvers import CG, MINRES, Dense, Neumann
+from imaml.zoo import pretrained
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,7 @@ __all__ = [
     "maml_gradient",
     "meta_gradient",
     "models",
+    "pretrained",
     "regression_loss",
     "reptile_gradient",
     "solvers",
