@@ -38,6 +38,7 @@ from torch import Tensor
 
 from imaml import tree
 from imaml.implicit import ParamsLike, SplitLike, adapt, implicit_gradient
+from imaml.inner import GD
 from imaml.objective import Objective
 from imaml.solvers import MatVec, Solution, conjugate_gradient
 from imaml.tree import Params
@@ -60,17 +61,11 @@ class ReleasedGD:
     lr: float
 
     def __post_init__(self) -> None:
-        if not isinstance(self.steps, int) or self.steps < 0:
-            raise ValueError(f"steps must be an int >= 0, got {self.steps!r}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+        GD(self.steps, self.lr)  # the same checks
 
     def __call__(self, objective: Objective, init: Params) -> Params:
         """The adapted parameters of one task, shaped like ``init``."""
-        plain = Objective(objective.loss)
-        params = init
-        for _ in range(self.steps):
-            params = tree.axpy(-self.lr, plain.grad(params), params)
+        params = GD(self.steps, self.lr)(Objective(objective.loss), init)
         if objective.lam > 0:
             pull = tree.sub(params, objective.center)
             params = tree.axpy(-self.lr * objective.lam, pull, params)
