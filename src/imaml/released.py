@@ -95,7 +95,9 @@ class ReleasedCG:
     It receives implicit_gradient's ``v ↦ v + Hv/λ`` and runs ``iters`` CG steps from 0 on
     :func:`damped_operator`, stopping once ``‖r‖² < residual_tol`` (released code:
     implicit_maml/utils.py, ``cg_solve``). The Solution's residual and curvatures are those of
-    the damped operator. ``lam`` must be the λ given to implicit_gradient.
+    the damped operator. ``lam`` must be the λ given to implicit_gradient. One difference:
+    ``cg_solve`` tests the residual after each step, so a task whose query gradient already
+    has ``‖b‖² < residual_tol`` still takes one step (x ≈ b/2), where this returns 0.
     """
 
     lam: float
