@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import socket
 import subprocess
@@ -113,9 +115,40 @@ def test_torchrun_two_processes_take_the_steps_of_one(tmp_path):
     for name, value in a["params"].items():
         torch.testing.assert_close(b["params"][name], value, rtol=0, atol=1e-5)
         assert not torch.equal(value, make_start_params()[name])
-    # Only rank 0 logs: one record per step, not two.
-    lines = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 3
+    # Only rank 0 logs: one record per step, not two; its figures are those of the whole
+    # meta-batch (both ranks' tasks), as one process logs them, up to float rounding.
+    logs = [
+        [json.loads(line) for line in (tmp_path / run / "metrics.jsonl").read_text().splitlines()]
+        for run in ("one", "two")
+    ]
+    assert [r["step"] for r in logs[1]] == [1, 2, 3]
+    timing = {"sec_per_step", "tasks_per_sec"}
+    for step, (single, sharded) in enumerate(zip(*logs, strict=True), 1):
+        assert single.keys() == sharded.keys()
+        # Step 1 starts from the same parameters: float32 rounding (~1e-7) only. Later steps
+        # start from parameters 1e-7 apart, which the solver's curvature estimates enlarge.
+        rel = 1e-6 if step == 1 else 1e-4
+        for key in single.keys() - timing:
+            assert sharded[key] == pytest.approx(single[key], rel=rel), (step, key)
+    # Rank 0's 2 tasks alone have another meta-loss than all 4.
+    assert logs[1][0]["meta_loss"] != pytest.approx(rank_0_meta_loss(), rel=1e-3)
+
+
+def rank_0_meta_loss() -> float:
+    """The step-1 meta-loss of rank 0's 2 tasks alone, what a 2-process run logged before."""
+    from pathlib import Path
+
+    from imaml.config import load_config
+    from imaml.training import DataSource, build_problem, build_sampler, make_gradient_fn
+    from imaml.training.step import sample_shard
+
+    overrides = [item for flag, item in itertools.pairwise(SMALL_RUN) if flag == "--set"]
+    _, config = load_config("sinusoid", overrides)
+    problem = build_problem(config)
+    sampler = build_sampler(config, "train", DataSource(Path("unused")), config.train.seed)
+    tasks = sample_shard(sampler, World(rank=0, size=2), config.train.meta_batch, step=0)
+    params = dict(problem.model.named_parameters())
+    return make_gradient_fn(config, problem)(params, tasks)[1]["query_loss"].mean().item()
 
 
 def make_start_params() -> dict[str, torch.Tensor]:

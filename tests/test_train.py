@@ -259,7 +259,8 @@ def test_a_run_directory_is_never_overwritten(tmp_path: Path) -> None:
 
 def test_checkpoint_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "checkpoint.pt"
-    checkpoint.save({"step": 1, "params": {"w": torch.ones(3)}}, path)
+    config = Config().to_json()
+    checkpoint.save({"step": 1, "params": {"w": torch.ones(3)}, "config": config}, path)
 
     def crash(obj: Any, f: Any) -> None:
         f.write(b"half a checkpoint")
@@ -267,7 +268,7 @@ def test_checkpoint_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(checkpoint.torch, "save", crash)
     with pytest.raises(OSError, match="disk full"):
-        checkpoint.save({"step": 2, "params": {"w": torch.zeros(3)}}, path)
+        checkpoint.save({"step": 2, "params": {"w": torch.zeros(3)}, "config": config}, path)
     state = checkpoint.load(path)
     assert state["step"] == 1 and torch.equal(state["params"]["w"], torch.ones(3))
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary left
@@ -275,7 +276,7 @@ def test_checkpoint_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_checkpoint_load_rejects_foreign_files(tmp_path: Path) -> None:
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(checkpoint.CheckpointError, match="cannot read"):
+    with pytest.raises(checkpoint.CheckpointError, match="not an imaml checkpoint, or corrupt"):
         checkpoint.load(tmp_path / "junk.pt")
     torch.save({"params": {}}, tmp_path / "other.pt")
     with pytest.raises(checkpoint.CheckpointError, match="not an imaml checkpoint"):

@@ -3,7 +3,11 @@
 Each meta-batch of B tasks is split into equal, contiguous shards, one per process (rank);
 each rank computes the meta-gradient of its shard, the shard means are averaged with
 ``all_reduce``, and every rank takes the same optimizer step. Tasks are drawn by global
-index, so the meta-batch does not depend on the number of processes.
+index, so the meta-batch does not depend on the number of processes: the parameters follow
+those of one process up to floating-point rounding (whose effect Adam's first steps,
+``lr·sign(g)``, enlarge in near-zero gradient entries). The logged figures are means over the
+whole meta-batch too (:meth:`World.weighted_mean`), so a run's log does not depend on the
+number of processes either, up to the same rounding.
 
 Launch with ``torchrun``; the world is read from the environment it sets (``RANK``,
 ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``). Backend: NCCL on GPUs,
@@ -67,6 +71,20 @@ class World:
         flat, unflatten = tree.flatten(values)
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         return unflatten(flat / self.size)
+
+    def weighted_mean(self, values: Tensor, weight: float) -> Tensor:
+        """The mean over ranks of ``values`` (any shape, same on every rank), each rank's
+        weighted by its ``weight``, e.g. the number of tasks behind its means (one
+        ``all_reduce``); ``values`` itself for one process.
+
+        Logged diagnostics are means over a rank's shard of tasks; weighted by the shard sizes,
+        their mean over ranks is the mean over the whole meta-batch.
+        """
+        if not self.is_distributed:
+            return values
+        flat = torch.cat([values.flatten() * weight, values.new_full((1,), weight)])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        return (flat[:-1] / flat[-1]).view_as(values)
 
     def broadcast(self, tensors: list[Tensor]) -> None:
         """Overwrite ``tensors`` in place with rank 0's values."""

@@ -83,7 +83,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
             ax.legend()
     fig.suptitle(str(run.path))
     fig.tight_layout()
-    out = Path(out) if out is not None else run.path / "curves.png"
+    out = Path(out) if out is not None else run.curves
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out

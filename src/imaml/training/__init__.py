@@ -28,7 +28,7 @@ from imaml.training.loop import (
     resume_config,
     train,
 )
-from imaml.training.rundir import RunDir, resolve_checkpoint
+from imaml.training.rundir import MetricsWarning, RunDir, RunInUse, resolve_checkpoint
 from imaml.training.step import GradientFn, make_gradient_fn, outer_lr, sample_shard
 from imaml.training.summary import RunSummary, SummaryError, summarize_run
 
@@ -42,8 +42,10 @@ __all__ = [
     "GradientFn",
     "InnerProgress",
     "Interrupted",
+    "MetricsWarning",
     "Problem",
     "RunDir",
+    "RunInUse",
     "RunSummary",
     "SummaryError",
     "TrainResult",

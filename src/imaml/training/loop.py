@@ -20,11 +20,12 @@ from tqdm import tqdm
 
 import imaml
 from imaml import checkpoint
-from imaml.config import Config
+from imaml._atomic import write_atomic
+from imaml.config import Config, load_config
 from imaml.distributed import World
 from imaml.training.components import DataSource, Problem, build_problem, build_sampler
 from imaml.training.evaluation import EVAL_SEED, Adaptation, EvalResult, evaluate
-from imaml.training.rundir import RunDir, checkpoint_config, resolve_checkpoint
+from imaml.training.rundir import RunDir, RunInUse, checkpoint_config, resolve_checkpoint
 from imaml.training.step import (
     all_finite,
     apply_gradients,
@@ -150,8 +151,13 @@ class _Window:
         self.steps += 1
         self.seconds += seconds
 
-    def flush(self, meta_batch: int) -> dict[str, float]:
-        record = {k: v.item() / self.steps for k, v in self.sums.items()}
+    def flush(self, meta_batch: int, world: World) -> dict[str, float]:
+        """The window's means over steps and, in a distributed run, over all the tasks of
+        every rank (one all-reduce); then its rate of steps and tasks, timed on this rank."""
+        means = torch.stack([v.double() for v in self.sums.values()]) / self.steps
+        tasks = world.shard(meta_batch)
+        means = world.weighted_mean(means, weight=tasks.stop - tasks.start)
+        record = dict(zip(self.sums, means.tolist(), strict=True))
         record["sec_per_step"] = self.seconds / self.steps
         record["tasks_per_sec"] = meta_batch * self.steps / self.seconds
         self._reset()
@@ -290,13 +296,24 @@ class Trainer:
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
-        """Continue from a checkpoint of :meth:`state`."""
+        """Continue from a checkpoint of :meth:`state` (of this run's model and optimizer)."""
         self._assign(state["params"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["rng"]["torch"])
         self.step = self.saved_step = state["step"]
         best = state["best"]
         self.best = None if best is None else (best["step"], best["value"])
+
+    def resume_from(self, state: dict[str, Any]) -> None:
+        """:meth:`load_state`, as a :class:`TrainingError` where the optimizer or RNG state
+        does not fit."""
+        try:
+            self.load_state(state)
+        except (KeyError, ValueError, TypeError, RuntimeError) as err:
+            raise TrainingError(
+                f"{self.run.checkpoint}: its optimizer or RNG state does not fit this run ({err}); "
+                "start a new run from it with --set train.init_from=PATH"
+            ) from None
 
     def init_params(self, path: str | Path) -> None:
         """Start from the parameters of the checkpoint at ``path`` (a file or a run directory):
@@ -308,13 +325,12 @@ class Trainer:
         """
         source = resolve_checkpoint(path)
         params = checkpoint.load(source)["params"]
-        expected = {name: tuple(p.shape) for name, p in self.params.items()}
-        found = {name: tuple(p.shape) for name, p in params.items()}
-        if found != expected:
-            diff = sorted(set(expected.items()) ^ set(found.items()))
+        mismatch = _shape_mismatch(self.params, params)
+        if mismatch:
             raise TrainingError(
                 f"train.init_from: the parameters of {source} do not fit this run's model "
-                f"(differing name/shape: {diff[:4]}); use a checkpoint of the same [model] config"
+                f"(differing name/shape: {mismatch[:4]}); use a checkpoint of the same [model] "
+                "config"
             )
         self._assign(params)
 
@@ -386,7 +402,7 @@ class Trainer:
                         "step": self.step,
                         "split": "train",
                         "outer_lr": lr,
-                        **window.flush(cfg.meta_batch),
+                        **window.flush(cfg.meta_batch, self.world),
                     }
                 )
             if cfg.val_every and (self.step % cfg.val_every == 0 or last):
@@ -430,23 +446,33 @@ def train(
     source: DataSource,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     quiet: bool = False,
     device: torch.device | str = "cpu",
     world: World | None = None,
 ) -> TrainResult:
     """Meta-train as ``config`` says, writing everything to ``run_dir``.
 
-    With ``resume``, continue from ``run_dir/checkpoint.pt`` (pass the config returned by
-    :func:`resume_config`); the parameters after N steps equal those of an uninterrupted run.
+    The run directory has one writer: this process locks it (:meth:`RunDir.lock`) before
+    writing anything, and checks what it holds against what is asked before writing too. A
+    fresh start refuses a directory that already holds a run unless ``overwrite`` (which
+    deletes that run's files). With ``resume``, continue from ``run_dir/checkpoint.pt`` (pass
+    the config returned by :func:`resume_config`); the parameters after N steps equal those of
+    an uninterrupted run, and metrics.jsonl holds each step once. A resumed run keeps its
+    algorithm, data set, model and outer optimizer; other keys (``train.meta_steps``, the
+    outer lr and its milestones, logging and validation) may change.
     With a distributed ``world`` (see :mod:`imaml.distributed`), each rank computes its shard
-    of every meta-batch, only rank 0 writes to ``run_dir``, and every rank reads the
-    checkpoint to resume (so ``run_dir`` must be on a file system that all ranks see).
+    of every meta-batch, the logged figures are means over the whole meta-batch, only rank 0
+    writes to ``run_dir``, and every rank reads the checkpoint to resume (so ``run_dir`` must
+    be on a file system that all ranks see).
 
     Raises:
-        TrainingError: the run directory conflicts with ``resume`` (:class:`Diverged`: a
-            non-finite meta-loss; the last checkpoint is kept).
+        TrainingError: the run directory is in use by another process, conflicts with
+            ``resume``/``overwrite``, or holds a checkpoint that ``config`` cannot continue
+            (:class:`Diverged`: a non-finite meta-loss; the last checkpoint is kept).
         Interrupted: Ctrl-C or SIGTERM during the meta-steps; the state was saved first, so
             the run can be resumed.
+        CheckpointError: the checkpoint is unreadable, or the disk filled up writing one.
         DatasetError, ConfigError: the data set is missing or does not fit the config.
     """
     world = world or World()
@@ -454,45 +480,183 @@ def train(
         world.shard(config.train.meta_batch)
     except ValueError as err:
         raise TrainingError(str(err)) from None
+    if resume and overwrite:
+        raise TrainingError("resume continues a run and overwrite starts it afresh: choose one")
     run = RunDir(Path(run_dir))
     if resume and not run.checkpoint.is_file():
         raise TrainingError(f"nothing to resume: {run.checkpoint} does not exist")
-    if not resume and run.checkpoint.is_file():
+    with contextlib.ExitStack() as held:
+        if world.is_main:  # the other ranks write nothing
+            try:
+                held.enter_context(run.lock())
+            except RunInUse as err:
+                raise TrainingError(str(err)) from None
+        trainer = _start(config, run, source, resume, overwrite, device, world)
+        log = _Log(
+            run, config.train.meta_steps, trainer.step, quiet or not world.is_main, world.is_main
+        )
+        try:
+            try:
+                with _sigterm_as_interrupt():
+                    trainer.fit(log)
+            except KeyboardInterrupt as err:
+                trainer.save()
+                signum = signal.SIGTERM if isinstance(err, _Terminated) else signal.SIGINT
+                raise Interrupted(trainer.step, run.checkpoint, signum) from None
+            final = baseline = None
+            if config.eval.at_end:
+                final, baseline = trainer.test(log)
+        finally:
+            log.close()
+    return TrainResult(run, trainer.step, trainer.best, final, baseline)
+
+
+def _start(
+    config: Config,
+    run: RunDir,
+    source: DataSource,
+    resume: bool,
+    overwrite: bool,
+    device: torch.device | str,
+    world: World,
+) -> Trainer:
+    """Check ``run`` against what is asked, build the trainer (loaded from the checkpoint to
+    resume), then prepare the directory: metrics cut to the checkpoint's step (resume) or
+    the old run's files deleted (overwrite), and config.toml written. Nothing is written
+    before every check has passed."""
+    state = None
+    if resume:
+        state = checkpoint.load(run.checkpoint)
+        _check_resume(run, state, config)
+    elif world.is_main and not overwrite and run.holds_a_run():
+        way = (
+            "pass --resume to continue it, --overwrite to start afresh"
+            if run.checkpoint.is_file()
+            else "it has no checkpoint to resume; pass --overwrite to start afresh"
+        )
         raise TrainingError(
-            f"{run.path} already holds a run; pass --resume to continue it, or another --run-dir"
+            f"{run.path} already holds a run; {way} (deleting its metrics and checkpoints), or "
+            "another --run-dir"
         )
     trainer = Trainer(config, run, source, device, world)
-    if resume:
-        trainer.load_state(checkpoint.load(run.checkpoint))
+    if state is not None:
+        trainer.resume_from(state)
     elif config.train.init_from:
         trainer.init_params(config.train.init_from)
     if world.is_main:
         if resume:
             run.truncate_metrics(trainer.step)
-        run.path.mkdir(parents=True, exist_ok=True)
-        run.config.write_text(config.to_toml(), encoding="utf-8")
-    log = _Log(
-        run, config.train.meta_steps, trainer.step, quiet or not world.is_main, world.is_main
+        elif overwrite:
+            run.clear()
+        text = config.to_toml().encode("utf-8")
+        write_atomic(run.config, lambda f: f.write(text))
+    return trainer
+
+
+_KEPT_ON_RESUME = ("algorithm", "data.dataset", "model.", "train.outer_optimizer")
+"""The config keys (and key prefixes) a resumed run keeps: what it meta-learns, with which
+model, and the optimizer whose state the checkpoint holds."""
+
+
+def _check_resume(run: RunDir, state: dict[str, Any], config: Config) -> None:
+    """Check that ``run``'s checkpoint (``state``) is this run's, and that ``config`` keeps
+    what a resumed run must keep: the checkpoint's model, parameter shapes and optimizer.
+
+    Raises:
+        TrainingError: naming the keys at fault.
+    """
+    saved = checkpoint_config(state)
+    if run.config.is_file():
+        foreign = _kept(_differences(saved, load_config(str(run.config))[1]))
+        if foreign:
+            raise TrainingError(
+                f"{run.checkpoint} is not this run's checkpoint: "
+                f"{_listed(foreign, 'in it', 'in config.toml')}; resume it in its own run dir"
+            )
+    changed = _kept(_differences(saved, config))
+    if changed:
+        raise TrainingError(
+            f"a resumed run keeps its {', '.join(changed)}: "
+            f"{_listed(changed, 'in the checkpoint', 'asked')}; start a new run to change it "
+            f"(another --run-dir; --set train.init_from={run.path} starts from its parameters)"
+        )
+    mismatch = _shape_mismatch(
+        dict(build_problem(config).model.named_parameters()), state["params"]
     )
-    try:
-        try:
-            with _sigterm_as_interrupt():
-                trainer.fit(log)
-        except KeyboardInterrupt as err:
-            trainer.save()
-            signum = signal.SIGTERM if isinstance(err, _Terminated) else signal.SIGINT
-            raise Interrupted(trainer.step, run.checkpoint, signum) from None
-        final = baseline = None
-        if config.eval.at_end:
-            final, baseline = trainer.test(log)
-    finally:
-        log.close()
-    return TrainResult(run, trainer.step, trainer.best, final, baseline)
+    if mismatch:
+        keys = [k for k in _differences(saved, config) if k.startswith("data.")]
+        raise TrainingError(
+            f"{' and '.join(keys) or 'the config'} cannot change on resume: the model's "
+            f"parameters would change shape (differing name/shape: {mismatch[:4]}); start a "
+            "new run instead (another --run-dir)"
+        )
+    missing = [key for key in ("optimizer", "rng") if key not in state]
+    if missing:
+        raise TrainingError(
+            f"{run.checkpoint} cannot be resumed: it holds no {' or '.join(missing)} state "
+            "(a best.pt?); start a new run from it with --set train.init_from=PATH"
+        )
 
 
-def resume_config(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """The config of the run in ``run_dir`` (from its checkpoint), with overrides applied."""
+def _differences(a: Config, b: Config) -> dict[str, tuple[Any, Any]]:
+    """``{dotted key: (value in a, value in b)}`` of the keys whose values differ."""
+    flat_a, flat_b = _flat(a.to_dict()), _flat(b.to_dict())
+    return {key: (value, flat_b[key]) for key, value in flat_a.items() if value != flat_b[key]}
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as ``{"table.key": value}``."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _kept(differences: dict[str, tuple[Any, Any]]) -> dict[str, tuple[Any, Any]]:
+    """The differences in keys that a resumed run keeps."""
+    return {k: v for k, v in differences.items() if k.startswith(_KEPT_ON_RESUME)}
+
+
+def _listed(differences: dict[str, tuple[Any, Any]], first: str, second: str) -> str:
+    """``key is A <first>, B <second>`` for each difference, comma-separated."""
+    return ", ".join(f"{k} is {a!r} {first}, {b!r} {second}" for k, (a, b) in differences.items())
+
+
+def _shape_mismatch(expected: Params, found: Params) -> list[tuple[str, tuple[int, ...]]]:
+    """The ``(name, shape)`` pairs of one parameter dict missing from the other, sorted."""
+    shapes = [{name: tuple(p.shape) for name, p in params.items()} for params in (expected, found)]
+    return sorted(set(shapes[0].items()) ^ set(shapes[1].items()))
+
+
+def resume_config(
+    run_dir: str | Path,
+    overrides: list[str] | tuple[str, ...] = (),
+    named: Config | None = None,
+    name: str = "CONFIG",
+) -> Config:
+    """The config of the run in ``run_dir`` (from its checkpoint), with overrides applied.
+
+    ``named``, the config ``name`` given along with ``--resume`` (overrides applied), must be
+    the run's own: equal to its ``config.toml`` (else its checkpoint's config) with the same
+    overrides.
+
+    Raises:
+        TrainingError: no checkpoint to resume, or ``named`` differs (the keys are listed).
+    """
     run = RunDir(Path(run_dir))
     if not run.checkpoint.is_file():
         raise TrainingError(f"nothing to resume: {run.checkpoint} does not exist")
-    return checkpoint_config(checkpoint.load(run.checkpoint), overrides)
+    config = checkpoint_config(checkpoint.load(run.checkpoint), overrides)
+    if named is not None:
+        own = load_config(str(run.config), overrides)[1] if run.config.is_file() else config
+        differences = _differences(own, named)
+        if differences:
+            raise TrainingError(
+                f"{name} is not the config of the run in {run.path}: "
+                f"{_listed(differences, 'in the run', f'in {name}')}; drop {name} to resume the "
+                "run with its own config (--set changes a key)"
+            )
+    return config

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from imaml.config import parse_config
+from imaml.config import load_config
 from imaml.training.evaluation import EvalResult
 from imaml.training.rundir import RunDir
 
@@ -116,13 +116,14 @@ def summarize_run(
     Raises:
         SummaryError: ``run_dir`` has no ``config.toml`` or no training records (up to
             ``until``); ``recent_steps`` is not positive.
+        ConfigError: its ``config.toml`` is not a valid config.
     """
     if recent_steps < 1:
         raise SummaryError(f"the window of recent steps must be positive, got {recent_steps}")
     run = RunDir(Path(run_dir))
     if not run.config.is_file():
         raise SummaryError(f"{run.path} is not a run directory: it has no config.toml")
-    config = parse_config(run.config.read_text(encoding="utf-8"), source=str(run.config))
+    config = load_config(str(run.config))[1]
     records = [r for r in run.read_metrics() if until is None or r["step"] <= until]
     train = [r for r in records if r.get("split") == "train"]
     if not train:
