@@ -13,6 +13,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -72,7 +73,7 @@ def _add_machine_options(parser: argparse.ArgumentParser) -> None:
         "--data-dir",
         type=Path,
         metavar="DIR",
-        help="folder holding omniglot/ and miniimagenet/ "
+        help="folder holding omniglot/ and miniimagenet/, or one of them itself "
         "(default: $IMAML_DATA, else ~/.local/share/imaml)",
     )
     parser.add_argument(
@@ -119,11 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         metavar="CONFIG",
         help=f"a bundled config name (see `imaml configs`) or a TOML file (default: "
-        f"{DEFAULT_CONFIG})",
+        f"{DEFAULT_CONFIG}; with --resume, the run's own config, which may be left out)",
     )
     _add_set_option(p, "train.meta_steps=100")
     p.add_argument("--run-dir", type=Path, metavar="DIR", help="default: runs/<config>-<timestamp>")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in a --run-dir that holds a run, deleting its metrics and checkpoints",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     _add_machine_options(p)
     p.set_defaults(func=_train)
@@ -222,9 +228,9 @@ def _train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.run_dir is None:
             raise ConfigError("--resume needs --run-dir DIR, the run to continue")
-        if args.config is not None:
-            raise ConfigError("with --resume the config comes from the run; drop CONFIG")
-        config, run_dir = resume_config(args.run_dir, args.overrides), args.run_dir
+        named = None if args.config is None else load_config(args.config, args.overrides)[1]
+        config = resume_config(args.run_dir, args.overrides, named, args.config or "CONFIG")
+        run_dir = args.run_dir
         name = run_dir.name
     else:
         name, config = load_config(args.config or DEFAULT_CONFIG, args.overrides)
@@ -246,6 +252,7 @@ def _train(args: argparse.Namespace) -> int:
             run_dir,
             _source(args),
             resume=args.resume,
+            overwrite=args.overwrite,
             quiet=args.quiet,
             device=device,
             world=world,
@@ -372,6 +379,11 @@ def _bench(argv: list[str]) -> int:
     return bench_main(argv) or 0
 
 
+def _show_warning(message: Warning | str, *args: object, **kwargs: object) -> None:
+    """Show a warning as one ``imaml: warning: ...`` line on stderr (no source line)."""
+    print(f"imaml: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``imaml`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -383,7 +395,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.threads < 1:
                 raise ConfigError(f"--threads must be > 0, got {args.threads}")
             torch.set_num_threads(args.threads)
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.func(args)
     except Interrupted as err:
         run_dir = err.checkpoint.parent
         print(

@@ -419,6 +419,10 @@ def load_config(name_or_path: str, overrides: Iterable[str] = ()) -> tuple[str, 
             text = path.read_text(encoding="utf-8")
         except OSError as err:
             raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+        except UnicodeDecodeError as err:
+            raise ConfigError(
+                f"{path} is not a TOML file: byte {err.start} is not UTF-8 text"
+            ) from None
         return path.stem, parse_config(text, overrides, source=str(path))
     try:
         text = bundled_config_text(name_or_path)

@@ -114,14 +114,23 @@ def adaptation_lam(config: Config) -> float:
 class DataSource:
     """Where data sets live on this machine (not part of an experiment's config).
 
-    ``root`` holds one folder per data set (``omniglot/``, ``miniimagenet/``); resized copies
-    are cached in ``cache_dir`` (None: :func:`imaml.data.default_cache_dir`); ``download``
-    fetches missing files where the data set allows it.
+    ``root`` holds one folder per data set (``omniglot/``, ``miniimagenet/``), or is the
+    folder of one (:meth:`dataset_root`); resized copies are cached in ``cache_dir`` (None:
+    :func:`imaml.data.default_cache_dir`); ``download`` fetches missing files where the data
+    set allows it.
     """
 
     root: Path
     cache_dir: Path | None = None
     download: bool = False
+
+    def dataset_root(self, dataset: str) -> Path:
+        """The folder of ``dataset``: ``root/dataset``, or ``root`` itself when it is named
+        ``dataset`` (any case) and holds no ``dataset/`` folder."""
+        root = self.root.expanduser()
+        if root.name.lower() == dataset and not (root / dataset).is_dir():
+            return root
+        return root / dataset
 
 
 def split_seed(seed: int, split: str) -> int:
@@ -153,7 +162,7 @@ def build_sampler(
     if data.dataset == "sinusoid":
         dataset: Any = Sinusoid()
     else:
-        root = source.root / data.dataset
+        root = source.dataset_root(data.dataset)
         try:
             if data.dataset == "omniglot":
                 dataset = Omniglot(
@@ -172,7 +181,7 @@ def build_sampler(
             fetch = "add --download, or " if data.dataset == "omniglot" else ""
             raise DatasetNotFoundError(
                 f"{err} (command line: {fetch}point --data-dir or $IMAML_DATA at the folder "
-                f"holding {data.dataset}/)"
+                f"holding {data.dataset}/, or at {data.dataset}/ itself)"
             ) from None
     try:
         return TaskSampler(
