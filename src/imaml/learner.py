@@ -19,6 +19,7 @@ Underneath are the functional :func:`imaml.meta_gradient`, :func:`imaml.maml_gra
 from __future__ import annotations
 
 import copy
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -99,7 +100,7 @@ class AdaptedModel:
         return f"AdaptedModel({type(self.model).__name__}, tasks={self.num_tasks})"
 
 
-class MetaLearner:
+class MetaLearner(ABC):
     """What :class:`IMAML`, :class:`MAML` and :class:`Reptile` share; use one of them.
 
     The meta-parameters θ are the model's parameters with ``requires_grad=True``; the others
@@ -116,6 +117,9 @@ class MetaLearner:
             reported per task in ``info`` as ``query_<name>`` by IMAML and MAML.
         chunk_size: process tasks in vmap chunks of this size to bound memory (None: all).
     """
+
+    _needs_query = True  # whether meta_backward needs the query sets
+    _adapt_lam = 0.0  # the proximal strength of adaptation (0: plain)
 
     def __init__(
         self,
@@ -196,6 +200,12 @@ class MetaLearner:
 
         iMAML adapts on the proximal objective ``L_s(φ) + (λ/2)‖φ − θ‖²`` (as it meta-learns),
         MAML and Reptile on the support loss alone, each with its inner optimizer.
+
+        Returns:
+            An :class:`AdaptedModel` holding each task's adapted parameters (B of them).
+
+        Raises:
+            ValueError: ``support`` is not a pair of tensors shaped (B, N, ...) with one B.
         """
         support = _check_pair(support, "support")
         _check_running_stats(self.model)
@@ -210,14 +220,11 @@ class MetaLearner:
         )
         return AdaptedModel(self.model, phi, self.chunk_size)
 
-    _needs_query = True
-    _adapt_lam = 0.0
-
+    @abstractmethod
     def _meta_gradient(
         self, params: Params, support: Batch, query: Batch | None
     ) -> tuple[Params, dict[str, Tensor]]:
         """The functional API's ``(grads, info)`` for checked inputs."""
-        raise NotImplementedError
 
     def _functional_args(self) -> dict[str, Any]:
         """The keyword arguments every functional gradient takes."""
