@@ -23,6 +23,7 @@ from imaml.config import load_config
 from imaml.training import DataSource, RunDir, build_problem, build_sampler
 from imaml.training.rundir import MetricsWarning
 from test_cli import assert_one_line_error, run, sets
+from test_train import assert_same_state
 
 QUICK = ("eval.at_end=false", "train.val_every=0")
 
@@ -47,14 +48,8 @@ def steps(run_dir: Path, split: str = "train") -> list[int]:
 
 
 def assert_same_params(a: Path, b: Path) -> None:
-    """Bit-for-bit equal step, parameters and optimizer state of two checkpoints."""
-    sa, sb = checkpoint.load(a), checkpoint.load(b)
-    assert sa["step"] == sb["step"]
-    for name, value in sa["params"].items():
-        assert torch.equal(value, sb["params"][name]), name
-    for i, moments in sa["optimizer"]["state"].items():
-        for key, value in moments.items():
-            assert torch.equal(value, sb["optimizer"]["state"][i][key]), (i, key)
+    """Bit-for-bit equal step, parameters and optimizer state of two checkpoint files."""
+    assert_same_state(checkpoint.load(a), checkpoint.load(b))
 
 
 # -- one writer ---------------------------------------------------------------------------------
