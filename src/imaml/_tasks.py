@@ -11,6 +11,7 @@ from torch.func import grad_and_value, vmap
 
 from imaml import tree
 from imaml.inner import InnerOptimizer
+from imaml.losses import ModelLoss
 from imaml.objective import Objective, check_scalar_loss
 from imaml.tree import Params
 
@@ -87,7 +88,11 @@ def as_batch(split: Tensor | Sequence[Tensor], name: str) -> Batch:
 
 
 def num_tasks(**splits: Batch) -> int:
-    """The common leading (task) dimension B of all tensors; ValueError if they differ."""
+    """The common leading (task) dimension B ≥ 1 of all tensors.
+
+    ValueError, naming the tensor, if the sizes differ, if B = 0, or if a tensor holds no
+    elements (an empty support or query set).
+    """
     sizes = {}
     for name, batch in splits.items():
         for i, t in enumerate(batch):
@@ -99,7 +104,17 @@ def num_tasks(**splits: Batch) -> int:
         raise ValueError(
             f"every tensor's dim 0 must be the number of tasks B, but they differ ({detail})"
         )
-    return next(iter(sizes.values()))
+    first, tasks = next(iter(sizes.items()))
+    if tasks == 0:
+        raise ValueError(f"{first} has 0 tasks (its dim 0): pass at least one task")
+    for name, batch in splits.items():
+        for i, t in enumerate(batch):
+            if t.numel() == 0:
+                raise ValueError(
+                    f"{name}[{i}] has shape {tuple(t.shape)}, no elements: every task needs "
+                    f"a non-empty {name} set"
+                )
+    return tasks
 
 
 def loss_parts(
@@ -129,13 +144,18 @@ def prepare(
     has_aux: bool,
     **splits: Tensor | Sequence[Tensor],
 ) -> tuple[Params, list[Batch], Callable[..., Tensor], Callable[..., LossAndAux]]:
-    """Validate a gradient function's inputs.
+    """Validate a gradient function's inputs, once per call and outside ``vmap``.
 
-    Returns ``(θ, [each split as a tuple of tensors], loss only, (loss, aux))``.
+    Checks θ, the splits' task dimensions (:func:`num_tasks`) and, for a ``loss_fn`` of
+    :mod:`imaml.losses`, the splits against the model (input dtypes, target shapes, label
+    range: :meth:`~imaml.losses.ModelLoss.check_splits`). Returns ``(θ, [each split as a
+    tuple of tensors], loss only, (loss, aux))``.
     """
     theta = check_params(params)
     batches = {name: as_batch(split, name) for name, split in splits.items()}
     num_tasks(**batches)
+    if isinstance(loss_fn, ModelLoss):
+        loss_fn.check_splits(theta, batches)
     return theta, list(batches.values()), *loss_parts(loss_fn, has_aux)
 
 

@@ -49,10 +49,10 @@ def maml_gradient(
     per-task graph for MAML, the query pass for first-order MAML), as in
     :func:`imaml.meta_gradient`; the result does not change.
 
-    Arguments and shapes are those of :func:`imaml.meta_gradient` (without ``lam`` and
-    ``solver``). Returns ``(grads, info)``: grads shaped like ``params`` (mean over the B
-    tasks), info a dict of (B,) tensors: ``support_loss`` and ``query_loss`` at φ,
-    ``inner_grad_norm`` (‖∇L_s(φ)‖) and ``query_<name>`` per aux entry.
+    Arguments, shapes and input checks (ValueErrors) are those of :func:`imaml.meta_gradient`
+    (without ``lam`` and ``solver``). Returns ``(grads, info)``: grads shaped like
+    ``params`` (mean over the B tasks), info a dict of (B,) tensors: ``support_loss`` and
+    ``query_loss`` at φ, ``inner_grad_norm`` (‖∇L_s(φ)‖) and ``query_<name>`` per aux entry.
     """
     theta, (support, query), support_loss, query_loss = prepare(
         loss_fn, params, has_aux, support=support, query=query
@@ -99,7 +99,8 @@ def reptile_gradient(
 
     An optimizer step along ``−grads`` moves θ toward the adapted parameters; with SGD at
     learning rate ε it is Reptile's ``θ ← θ + ε(φ̄ − θ)``. Returns ``(grads, info)``: info
-    holds (B,) tensors ``support_loss`` and ``inner_grad_norm`` (‖∇L_s(φ)‖) at φ.
+    holds (B,) tensors ``support_loss`` and ``inner_grad_norm`` (‖∇L_s(φ)‖) at φ. Inputs
+    are checked as by :func:`imaml.meta_gradient`.
     """
     theta, (support,), support_loss, _ = prepare(loss_fn, params, has_aux, support=support)
     phi = adapt_tasks(support_loss, theta, support, 0.0, inner, chunk_size)

@@ -76,6 +76,13 @@ def meta_gradient(
 
     Returns:
         ``(grads, info)`` as :func:`implicit_gradient` returns them, at the φ* of ``inner``.
+
+    Raises:
+        ValueError, naming the tensor, before any batched computation: zero tasks, an empty
+            support or query set, tensors whose dim 0 (the tasks) differ; and for the losses
+            of :mod:`imaml.losses`, inputs of another dtype than ``params`` (e.g. integer
+            images), targets not shaped like the model's outputs, labels outside
+            ``[0, classes)``. The checks run once per call (:func:`imaml._tasks.prepare`).
     """
     lam = check_lam(lam)
     theta, (support, query), support_loss, query_loss = prepare(
@@ -130,8 +137,9 @@ def implicit_gradient(
         query gradient) and ``query_<name>`` for each aux entry.
 
     Raises:
-        ValueError: ``phi`` does not have ``params``' names, or its tensors are not shaped
-            ``(B, *params[name].shape)`` for the B tasks of ``support``.
+        ValueError: as :func:`meta_gradient`; or ``phi`` does not have ``params``' names, or
+            its tensors are not shaped ``(B, *params[name].shape)`` for the B tasks of
+            ``support``.
     """
     lam = check_lam(lam)
     theta, (support, query), support_loss, query_loss = prepare(
@@ -157,7 +165,8 @@ def adapt(
 
     ``lam = 0`` gives plain adaptation on the support loss (as MAML and Reptile evaluate).
     Returns ``{name: tensor of shape (B, *param.shape)}``; evaluate task i with
-    ``{k: v[i] for k, v in phi.items()}`` or vmap over the leading dimension.
+    ``{k: v[i] for k, v in phi.items()}`` or vmap over the leading dimension. Bad inputs
+    raise a ValueError as in :func:`meta_gradient`.
     """
     lam = check_lam(lam, allow_zero=True)
     theta, (support,), support_loss, _ = prepare(loss_fn, params, has_aux, support=support)

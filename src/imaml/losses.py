@@ -1,8 +1,15 @@
-"""Ready-made per-task ``loss_fn`` for a ``torch.nn.Module``, in the form the engine takes."""
+"""Ready-made per-task ``loss_fn`` for a ``torch.nn.Module``, in the form the engine takes.
+
+Each checks its tensors: the shapes of targets against the model's outputs on every call
+(static, so it runs under ``vmap``), and, through :meth:`ModelLoss.check_splits`, which the
+gradient entry points call once per call outside ``vmap``, the input dtypes, the targets of
+every split and the range of class labels.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -12,27 +19,131 @@ from torch.func import functional_call
 from imaml.tree import Params
 
 
-def classification_loss(
-    model: nn.Module,
-) -> Callable[[Params, Tensor, Tensor], tuple[Tensor, dict[str, Tensor]]]:
-    """``loss_fn(params, x, y) -> (cross-entropy, {"accuracy": ...})`` for one task.
+class ModelLoss(ABC):
+    """A per-task loss ``loss_fn(params, x, y)`` of ``model``, run with ``params`` through
+    ``torch.func.functional_call``; subclasses say how targets are checked and scored."""
 
-    ``x`` has shape (N, *input_shape) and ``y`` shape (N,) with class indices. Use with
-    ``has_aux=True``. The model runs through ``torch.func.functional_call`` with ``params``.
-    """
+    kind = "loss"
 
-    def loss_fn(params: Params, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        logits = functional_call(model, params, (x,))
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    def outputs(self, params: Params, x: Tensor) -> Tensor:
+        """The model's outputs for one task's inputs ``x`` (N, *input_shape)."""
+        return functional_call(self.model, params, (x,))
+
+    @abstractmethod
+    def check_targets(self, outputs: torch.Size, y: Tensor, name: str) -> None:
+        """Raise a ValueError naming ``name`` unless one task's targets ``y`` fit its outputs
+        of shape ``outputs``."""
+
+    def check_splits(
+        self, params: Params, splits: Mapping[str, tuple[Tensor, ...]]
+    ) -> dict[str, torch.Size]:
+        """Check each split ``(xs, ys)`` (dim 0 indexing the B > 0 tasks) before a batched call.
+
+        The inputs must have a dtype of ``params`` and the targets fit the model's outputs,
+        whose shape comes from a forward pass on the split's first task (no gradient: a
+        small fraction of a batched call's cost; the engine's models are pure functions,
+        since ``vmap`` forbids random and in-place ops, so it has no side effect). Returns
+        each split's per-task output shape; raises a ValueError naming the tensor.
+        """
+        dtypes = sorted({str(p.dtype) for p in params.values()})
+        shapes = {}
+        for name, split in splits.items():
+            if len(split) != 2:
+                raise ValueError(
+                    f"{name} must be (xs, ys) for {self.kind}, got {len(split)} tensors"
+                )
+            x, y = split
+            if str(x.dtype) not in dtypes:
+                raise ValueError(
+                    f"{name}[0] (the inputs) has dtype {x.dtype}, but the parameters are "
+                    f"{' and '.join(dtypes)}; convert the inputs, e.g. with .to({dtypes[0]})"
+                )
+            with torch.no_grad():
+                shapes[name] = self.outputs(params, x[0]).shape
+            self.check_targets(shapes[name], y[0], f"{name}[1]")
+        return shapes
+
+
+class ClassificationLoss(ModelLoss):
+    """Cross-entropy with ``{"accuracy": ...}`` as aux; see :func:`classification_loss`."""
+
+    kind = "classification_loss"
+
+    def __call__(self, params: Params, x: Tensor, y: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(cross-entropy, {"accuracy": ...})`` of one task: x (N, *input), y (N,) int64."""
+        logits = self.outputs(params, x)
+        self.check_targets(logits.shape, y, "y")
         accuracy = (logits.argmax(dim=-1) == y).to(logits.dtype).mean()
         return F.cross_entropy(logits, y), {"accuracy": accuracy}
 
-    return loss_fn
+    def check_targets(self, outputs: torch.Size, y: Tensor, name: str) -> None:
+        """Labels must be int64 class indices shaped like the logits ``outputs`` less the last
+        (class) dimension."""
+        if y.dtype != torch.int64:
+            raise ValueError(
+                f"{name} (the labels) has dtype {y.dtype}; {self.kind} needs int64 class "
+                "indices (convert with .long())"
+            )
+        if tuple(y.shape) != tuple(outputs[:-1]):
+            raise ValueError(
+                f"{name} (the labels) has shape {tuple(y.shape)} per task, but the logits have "
+                f"shape {tuple(outputs)}: the labels must have shape {tuple(outputs[:-1])}"
+            )
+
+    def check_splits(
+        self, params: Params, splits: Mapping[str, tuple[Tensor, ...]]
+    ) -> dict[str, torch.Size]:
+        """:meth:`ModelLoss.check_splits`, and every label in ``[0, classes)`` (classes: the
+        logits' last dimension), in one host synchronization for all splits."""
+        shapes = super().check_splits(params, splits)
+        bounds = torch.stack([torch.stack(split[1].aminmax()) for split in splits.values()])
+        for (name, shape), (low, high) in zip(shapes.items(), bounds.tolist(), strict=True):
+            if low < 0 or high >= shape[-1]:
+                raise ValueError(
+                    f"{name}[1] holds labels from {low} to {high}, but the model outputs "
+                    f"{shape[-1]} classes: labels must be in [0, {shape[-1]})"
+                )
+        return shapes
 
 
-def regression_loss(model: nn.Module) -> Callable[[Params, Tensor, Tensor], Tensor]:
-    """``loss_fn(params, x, y) -> mean squared error`` for one task; x (N, d_in), y (N, d_out)."""
+class RegressionLoss(ModelLoss):
+    """Mean squared error; see :func:`regression_loss`."""
 
-    def loss_fn(params: Params, x: Tensor, y: Tensor) -> Tensor:
-        return torch.mean((functional_call(model, params, (x,)) - y) ** 2)
+    kind = "regression_loss"
 
-    return loss_fn
+    def __call__(self, params: Params, x: Tensor, y: Tensor) -> Tensor:
+        """The mean squared error of one task: x (N, d_in), y shaped like the outputs."""
+        predictions = self.outputs(params, x)
+        self.check_targets(predictions.shape, y, "y")
+        return torch.mean((predictions - y) ** 2)
+
+    def check_targets(self, outputs: torch.Size, y: Tensor, name: str) -> None:
+        """The targets must have the predictions' shape ``outputs`` (no broadcasting)."""
+        if tuple(y.shape) != tuple(outputs):
+            raise ValueError(
+                f"{name} (the targets) has shape {tuple(y.shape)} per task, but the predictions "
+                f"have shape {tuple(outputs)}; they must match (no broadcasting)"
+            )
+
+
+def classification_loss(model: nn.Module) -> ClassificationLoss:
+    """``loss_fn(params, x, y) -> (cross-entropy, {"accuracy": ...})`` for one task.
+
+    ``x`` has shape (N, *input_shape) and ``y`` shape (N,) with int64 class indices in
+    ``[0, classes)``. Use with ``has_aux=True``. The model runs through
+    ``torch.func.functional_call`` with ``params``. Wrong label shapes or dtypes raise a
+    ValueError; so do out-of-range labels when given to the gradient entry points.
+    """
+    return ClassificationLoss(model)
+
+
+def regression_loss(model: nn.Module) -> RegressionLoss:
+    """``loss_fn(params, x, y) -> mean squared error`` for one task; x (N, d_in), y (N, d_out).
+
+    ``y`` must have exactly the shape of the model's outputs: a ValueError otherwise (a
+    target of shape (N,) against outputs (N, 1) would broadcast to an (N, N) error).
+    """
+    return RegressionLoss(model)
