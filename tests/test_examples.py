@@ -66,3 +66,11 @@ def test_sinusoid_regression_beats_no_meta_training(capsys):
     for name in ("iMAML", "MAML", "first-order MAML", "Reptile"):
         assert results[name] < results["no meta-training"], name
     assert "held-out tasks" in capsys.readouterr().out
+
+
+def test_a_published_model_adapts_to_new_characters(omniglot_root, capsys):
+    results = load("pretrained")["main"](["--data-dir", str(omniglot_root), "--smoke"])
+    assert results["accuracy"] > 0.8  # 97.4 % on 600 test tasks (models/manifest.toml)
+    out = capsys.readouterr().out
+    assert "omniglot-5w1s-imaml: imaml, 5-way 1-shot, step 10000" in out
+    assert results["task0"] == results["task0_batched"]  # a task's module = the batched model
