@@ -109,7 +109,8 @@ def test_eval_overrides_how_the_checkpoint_adapts(tmp_path: Path, capsys: Any) -
     longer = mse("--set", "eval.inner_steps=5")
     assert longer != adapted and longer == mse("--set", "inner.steps=5")
     code, out, _ = run(capsys, "eval", run_dir, "--tasks", "2", "--set", "eval.inner_steps=3")
-    assert code == 0 and "--set eval.inner_steps=3 (step 4)" in out
+    step = checkpoint.load(run_dir / "best.pt")["step"]
+    assert code == 0 and f"best.pt --set eval.inner_steps=3 (step {step})" in out
     code, _, err = run(capsys, "eval", run_dir, "--set", "model.hidden=[8]")
     assert_one_line_error(code, err, "parameters do not fit its config's model")
     code, _, err = run(capsys, "eval", run_dir, "--set", "eval.inner_step=3")
