@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import imaml
+from conftest import make_regression_batch
 from imaml import _tasks, tree
 from imaml.bench.accuracy import linear_loss
 from imaml.inner import GD, Adam
@@ -102,3 +103,30 @@ def test_cache_sized_chunks_of_tasks_change_nothing(mlp_problem, monkeypatch, fi
         torch.testing.assert_close(chunked[name], whole[name], rtol=1e-12, atol=1e-14)
     for key in info:
         torch.testing.assert_close(info_chunked[key], info[key], rtol=1e-12, atol=1e-14)
+
+
+def test_maml_through_adam_with_a_dead_relu_unit_is_finite():
+    """A dead ReLU unit has exactly-zero gradients, so Adam's second moment is 0 there: the
+    derivative of its square root must not turn MAML's meta-gradient into NaN."""
+    torch.manual_seed(0)
+    model = imaml.models.MLP(1, 1, hidden=(8,)).double()
+    loss_fn = imaml.regression_loss(model)
+    xs, ys, xq, yq = make_regression_batch()
+    theta = tree.detach(dict(model.named_parameters()))
+    theta["net.0.bias"] = theta["net.0.bias"].clone()
+    theta["net.0.bias"][0] = -1e3  # unit 0 never fires on these inputs
+    inner = Adam(3, 0.01)
+    grads, _ = imaml.maml_gradient(loss_fn, theta, (xs, ys), (xq, yq), inner=inner)
+    assert all(torch.isfinite(g).all() for g in grads.values())
+    assert grads["net.0.bias"][0] == 0 and torch.all(grads["net.0.weight"][0] == 0)
+
+    def meta_loss(th):
+        phi = imaml.adapt(loss_fn, th, (xs, ys), lam=0.0, inner=inner)
+        losses = [loss_fn({k: v[i] for k, v in phi.items()}, xq[i], yq[i]) for i in range(3)]
+        return torch.stack(losses).mean()
+
+    g = torch.Generator().manual_seed(4)
+    v = {k: torch.randn(p.shape, generator=g, dtype=p.dtype) for k, p in theta.items()}
+    eps = 1e-6
+    fd = (meta_loss(tree.axpy(eps, v, theta)) - meta_loss(tree.axpy(-eps, v, theta))) / (2 * eps)
+    torch.testing.assert_close(tree.dot(grads, v), fd, rtol=1e-6, atol=1e-9)

@@ -43,6 +43,7 @@ from imaml.training import (
     train,
 )
 from imaml.training import loop as loop_module
+from imaml.training.components import build_inner
 
 TINY = [
     "train.meta_steps=6",
@@ -350,7 +351,7 @@ def test_batched_evaluation_equals_one_task_at_a_time(monkeypatch: pytest.Monkey
     params = {k: v.detach() for k, v in problem.model.named_parameters()}
     sampler = build_sampler(config, "test", SOURCE, seed=0)
     adaptation = Adaptation.of(config)
-    assert adaptation.inner == imaml.inner.GD(3, config.inner.lr)
+    assert adaptation.inner == build_inner(config.inner, 3)  # eval.inner_steps=3
     result = evaluate(problem, params, sampler, adaptation, tasks=5, batch=2)
     mses = []
     for i in range(5):

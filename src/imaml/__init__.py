@@ -20,7 +20,7 @@ from imaml.objective import Objective
 from imaml.solvers import CG, MINRES, Dense, Neumann
 from imaml.zoo import pretrained
 
-__version__ = "0.1.0"
+__version__ = "1.0.0"
 
 __all__ = [
     "CG",

@@ -98,7 +98,18 @@ class Adam:
 
 
 def _adam_update(p: Tensor, m: Tensor, v: Tensor, *, lr: float, eps: float) -> Tensor:
-    return p - lr * m / (torch.sqrt(v) + eps)
+    return p - lr * m / (_sqrt_zero_safe(v) + eps)
+
+
+def _sqrt_zero_safe(v: Tensor) -> Tensor:
+    """``sqrt(v)`` for ``v >= 0``, whose derivative at ``v = 0`` is 0 rather than inf.
+
+    MAML differentiates through the inner Adam steps: where a gradient entry is exactly 0 (a
+    dead ReLU unit), ``v = 0`` and ``d sqrt(v)`` is inf, times a zero ``dv``: NaN. The values
+    are those of ``torch.sqrt``.
+    """
+    positive = v > 0
+    return torch.where(positive, torch.sqrt(torch.where(positive, v, torch.ones_like(v))), 0.0)
 
 
 @dataclass(frozen=True)
