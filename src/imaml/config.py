@@ -7,16 +7,25 @@ A config is a TOML file with two top-level keys and seven tables::
     [data]   dataset, ways, shots, query_shots, image_size, rotations, train_split, val_split,
              character_split, character_seed, task_pool
     [model]  name, filters, downsample, hidden
-    [inner]  optimizer, steps, lr, cg_iters, ls_steps
-    [imaml]  lam, solver, solver_iters, neumann_alpha
+    [inner]  optimizer, steps, lr, options
+    [imaml]  lam, solver, solver_iters, solver_options
     [released] cg_damping, lam_damping
-    [train]  meta_steps, meta_batch, seed, outer_optimizer, outer_lr, outer_lr_milestones,
-             outer_lr_gamma, chunk_size, log_every, val_every, val_tasks, checkpoint_every,
-             init_from
+    [train]  meta_steps, meta_batch, seed, outer_optimizer, outer_lr, adam_eps,
+             outer_lr_milestones, outer_lr_gamma, chunk_size, log_every, val_every, val_tasks,
+             checkpoint_every, init_from
     [eval]   tasks, batch, inner_steps, split, at_end
 
 Every key has a default (:class:`Config`), so a file states only what it changes. Unknown keys
 and values of the wrong type raise :class:`ConfigError`, naming the key and what is allowed.
+
+``inner.optimizer`` and ``imaml.solver`` name a class of :data:`imaml.inner.OPTIMIZERS` and
+:data:`imaml.solvers.SOLVERS`; their tables ``[inner.options]`` and ``[imaml.solver_options]``
+hold that class's other fields (its dataclass fields but ``steps`` and ``lr``, or ``iters``),
+checked against it: ``options = {cg_iters = 5, ls_steps = 10}`` for ``hf``, ``betas`` and
+``eps`` for ``adam``, ``alpha`` for ``neumann``, ``tol`` for ``cg`` and ``minres``. Changing
+the choice with an override drops the options of the one it replaces. The keys of configs
+written before those tables, ``inner.cg_iters``, ``inner.ls_steps`` and
+``imaml.neumann_alpha``, are still read (:data:`LEGACY_OPTIONS`).
 """
 
 from __future__ import annotations
@@ -26,11 +35,14 @@ import json
 import math
 import sys
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
+
+from imaml.inner import OPTIMIZERS
+from imaml.solvers import SOLVERS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -88,23 +100,43 @@ class ModelConfig:
 
 @dataclass
 class InnerConfig:
-    """The inner (task-adaptation) optimizer of :mod:`imaml.inner`."""
+    """The inner (task-adaptation) optimizer: a class of :data:`imaml.inner.OPTIMIZERS`.
 
-    optimizer: Literal["gd", "adam", "hf"] = "gd"
+    ``lr`` applies where the class has an ``lr`` field (not ``hf``); ``options`` are the
+    class's other fields (``hf``: ``cg_iters``, ``ls_steps``, ``decay``, ``armijo``;
+    ``adam``: ``betas``, ``eps``), its defaults where not given.
+    """
+
+    optimizer: str = "gd"
     steps: int = 16
     lr: float = 0.1
-    cg_iters: int = 5
-    ls_steps: int = 10
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def kwargs(self, steps: int | None = None) -> dict[str, Any]:
+        """The keyword arguments of the chosen class, optionally with another ``steps``."""
+        common = {"steps": self.steps if steps is None else steps, "lr": self.lr}
+        return _choice_kwargs(OPTIMIZERS[self.optimizer], common, self.options)
 
 
 @dataclass
 class ImamlConfig:
-    """iMAML's proximal strength λ and the linear solver for ``(I + H/λ) g = ∇L_q``."""
+    """iMAML's proximal strength λ and the linear solver for ``(I + H/λ) g = ∇L_q``.
+
+    ``solver`` is a class of :data:`imaml.solvers.SOLVERS`, built with ``solver_iters`` as its
+    ``iters`` (not ``dense``) and ``solver_options``, its other fields (``neumann``: ``alpha``,
+    0.1 where not given; ``cg``, ``minres``: ``tol``).
+    """
 
     lam: float = 2.0
-    solver: Literal["cg", "minres", "neumann", "dense"] = "cg"
+    solver: str = "cg"
     solver_iters: int = 5
-    neumann_alpha: float = 0.1
+    solver_options: dict[str, Any] = field(default_factory=dict)
+
+    def solver_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of the chosen solver class."""
+        return _choice_kwargs(
+            SOLVERS[self.solver], {"iters": self.solver_iters}, self.solver_options
+        )
 
 
 @dataclass
@@ -125,7 +157,8 @@ class TrainConfig:
     """The outer loop: steps, meta-batch, seed, outer optimizer, logging and checkpoints.
 
     ``chunk_size`` > 0 computes the meta-batch in vmap chunks of that many tasks (less memory);
-    ``val_every`` = 0 disables validation. The outer learning rate is ``outer_lr`` times
+    ``val_every`` = 0 disables validation. ``adam_eps`` is the outer Adam's ε (torch's default
+    1e-8; the released iMAML code uses 1e-3). The outer learning rate is ``outer_lr`` times
     ``outer_lr_gamma`` for each of ``outer_lr_milestones`` (meta-steps, increasing) already
     reached, as torch's ``MultiStepLR``: ``[8000]`` gives the updates after step 8,000 a tenth
     of the rate with the default gamma (:func:`imaml.training.step.outer_lr`).
@@ -141,6 +174,7 @@ class TrainConfig:
     seed: int = 0
     outer_optimizer: Literal["adam", "sgd"] = "adam"
     outer_lr: float = 1e-3
+    adam_eps: float = 1e-8
     outer_lr_milestones: list[int] = field(default_factory=list)
     outer_lr_gamma: float = 0.1
     chunk_size: int = 0
@@ -201,15 +235,49 @@ class Config:
 # Lower bounds of the numeric keys that must be positive (> 0) or non-negative (>= 0).
 _POSITIVE = {
     "data.ways", "data.shots", "data.query_shots", "data.image_size", "model.filters",
-    "inner.lr", "inner.cg_iters", "inner.ls_steps", "imaml.solver_iters", "imaml.neumann_alpha",
-    "train.meta_batch", "train.outer_lr", "train.outer_lr_gamma", "train.log_every",
-    "train.val_tasks", "train.checkpoint_every", "eval.tasks", "eval.batch",
+    "inner.lr", "imaml.solver_iters", "train.meta_batch", "train.outer_lr", "train.outer_lr_gamma",
+    "train.log_every", "train.val_tasks", "train.checkpoint_every", "eval.tasks", "eval.batch",
 }  # fmt: skip
 _NON_NEGATIVE = {
     "inner.steps", "imaml.lam", "train.meta_steps", "train.seed", "train.chunk_size",
     "train.val_every", "eval.inner_steps", "data.task_pool", "released.cg_damping",
-    "released.lam_damping",
+    "released.lam_damping", "train.adam_eps",
 }  # fmt: skip
+
+
+class LegacyOption(NamedTuple):
+    """A key of the union tables before ``[inner.options]`` and ``[imaml.solver_options]``."""
+
+    choice: str  # the dotted key of the choice it belongs to
+    name: str  # the choice that takes it
+    option: str  # its name among that class's options
+    default: Any  # its value in every config written before, whatever the choice
+
+
+LEGACY_OPTIONS = {
+    "inner.cg_iters": LegacyOption("inner.optimizer", "hf", "cg_iters", 5),
+    "inner.ls_steps": LegacyOption("inner.optimizer", "hf", "ls_steps", 10),
+    "imaml.neumann_alpha": LegacyOption("imaml.solver", "neumann", "alpha", 0.1),
+}
+"""The old keys still read: into the options of the choice that takes them; elsewhere ignored
+at their old default (configs written before list them whatever the choice), else refused.
+An option the chosen class requires (no default) takes the old default where not given."""
+
+
+class _Choice(NamedTuple):
+    """A key that names a class of ``registry``, with the table of that class's options."""
+
+    registry: Mapping[str, type]
+    options: str  # the dotted key of its options table
+    common: Mapping[str, str]  # class field -> the config key that sets it for every class
+
+
+_CHOICES = {
+    "inner.optimizer": _Choice(
+        OPTIMIZERS, "inner.options", {"steps": "inner.steps", "lr": "inner.lr"}
+    ),
+    "imaml.solver": _Choice(SOLVERS, "imaml.solver_options", {"iters": "imaml.solver_iters"}),
+}
 
 
 def _toml_value(value: Any) -> str:
@@ -217,17 +285,32 @@ def _toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return json.dumps(value)  # a TOML basic string
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     return repr(value)
 
 
 def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if typing.get_origin(tp) is list:
-        return f"a list of {typing.get_args(tp)[0].__name__}"
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is list:
+        return f"a list of {args[0].__name__}"
+    if origin is tuple:
+        return f"a list of {len(args)} ({', '.join(_type_name(a) for a in args)})"
+    if origin is dict:
+        return "a table"
     return {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}[tp]
+
+
+def _choice_kwargs(
+    cls: type, common: Mapping[str, Any], options: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The keyword arguments of ``cls``: the ``common`` values it has fields for, ``options``."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {**{k: v for k, v in common.items() if k in names}, **options}
 
 
 def _check_value(key: str, value: Any, tp: Any) -> Any:
@@ -240,6 +323,17 @@ def _check_value(key: str, value: Any, tp: Any) -> Any:
         ok = isinstance(value, list)
         if ok:
             value = [_check_value(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    elif origin is tuple:
+        items = typing.get_args(tp)
+        ok = isinstance(value, list | tuple) and len(value) == len(items)
+        if ok:
+            value = tuple(
+                _check_value(f"{key}[{i}]", v, t)
+                for i, (v, t) in enumerate(zip(value, items, strict=True))
+            )
+    elif origin is dict:
+        ok = isinstance(value, Mapping)
+        value = dict(value) if ok else value
     elif tp is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         value = float(value) if ok else value
@@ -276,6 +370,9 @@ def _build(cls: type, values: Mapping[str, Any], prefix: str = "") -> Any:
             kwargs[name] = _build(tp, value, key + ".")
         else:
             kwargs[name] = _check_value(key, value, tp)
+        if key in _CHOICES and kwargs[name] not in _CHOICES[key].registry:
+            names = ", ".join(repr(n) for n in _CHOICES[key].registry)
+            raise ConfigError(f"{key} must be one of {names}, got {kwargs[name]!r}")
     return cls(**kwargs)
 
 
@@ -293,6 +390,14 @@ def _validate(config: Config) -> Config:
         )
     if config.algorithm == "imaml-released":
         _validate_released(config)
+    inner, imaml = config.inner, config.imaml
+    _validate_options("inner.optimizer", inner.optimizer, inner.options, inner.kwargs)
+    _validate_options("imaml.solver", imaml.solver, imaml.solver_options, imaml.solver_kwargs)
+    if config.train.outer_optimizer != "adam" and config.train.adam_eps != TrainConfig.adam_eps:
+        raise ConfigError(
+            f"train.adam_eps applies to train.outer_optimizer 'adam' only, not "
+            f"{config.train.outer_optimizer!r}; remove it"
+        )
     if config.model.name == "mlp" and config.data.dataset != "sinusoid":
         raise ConfigError("model.name 'mlp' needs data.dataset 'sinusoid'; images need 'conv4'")
     if config.model.name != "mlp" and config.data.dataset == "sinusoid":
@@ -317,6 +422,31 @@ def _validate(config: Config) -> Config:
     return config
 
 
+def _validate_options(
+    choice: str, name: str, options: dict[str, Any], kwargs: Callable[[], dict[str, Any]]
+) -> None:
+    """Check ``options`` (converted in place) against the fields of the class ``name`` of
+    ``choice`` but the common ones, then the class's own checks of ``kwargs()``."""
+    spec = _CHOICES[choice]
+    cls = spec.registry[name]
+    fields = _fields(cls)
+    allowed = {f: tp for f, tp in fields.items() if f not in spec.common}
+    for option, value in options.items():
+        key = f"{spec.options}.{option}"
+        if option in spec.common:
+            raise ConfigError(f"{key}: set {spec.common[option]} instead")
+        if option not in allowed:
+            raise ConfigError(
+                f"{key} is not an option of {choice} {name!r}; its options: "
+                f"{', '.join(allowed) or 'none'}"
+            )
+        options[option] = _check_value(key, value, allowed[option])
+    try:
+        cls(**kwargs())
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{spec.options} of {choice} {name!r}: {err}") from None
+
+
 def _validate_released(config: Config) -> None:
     """The released iMAML code's pipeline runs GD inner steps and a CG solve of >= 2 steps."""
     if config.inner.optimizer != "gd":
@@ -335,14 +465,69 @@ def _validate_released(config: Config) -> None:
 def from_dict(values: Mapping[str, Any], overrides: Iterable[str] = ()) -> Config:
     """Build and validate a :class:`Config` from nested dicts and ``KEY=VALUE`` overrides."""
     merged = json.loads(json.dumps(dict(values)))  # a deep copy of plain data
-    for item in overrides:
-        key, value = parse_override(item)
+    parsed = [parse_override(item) for item in overrides]
+    for key, value in parsed:
+        if key in _CHOICES and value != _chosen(merged, key):
+            _drop_options(merged, key)  # they belong to the choice the override replaces
+    for key, value in parsed:
         *tables, name = key.split(".")
         target = merged
         for table in tables:
             target = target.setdefault(table, {})
         target[name] = value
+    _read_legacy(merged)
     return _validate(_build(Config, merged))
+
+
+def _chosen(values: Mapping[str, Any], choice: str) -> Any:
+    """The value of the choice key ``choice`` in nested ``values``, or its default."""
+    table, name = choice.split(".")
+    section = values.get(table, {})
+    default = getattr(getattr(Config(), table), name)
+    return section.get(name, default) if isinstance(section, Mapping) else default
+
+
+def _drop_options(values: dict[str, Any], choice: str) -> None:
+    """Remove from nested ``values`` the options of ``choice``, legacy keys included."""
+    section = values.get(_CHOICES[choice].options.split(".")[0])
+    if isinstance(section, dict):
+        section.pop(_CHOICES[choice].options.split(".")[1], None)
+        for key, legacy in LEGACY_OPTIONS.items():
+            if legacy.choice == choice:
+                section.pop(key.split(".")[1], None)
+
+
+def _read_legacy(values: dict[str, Any]) -> None:
+    """Move the :data:`LEGACY_OPTIONS` keys of nested ``values`` into their options tables."""
+    for key, legacy in LEGACY_OPTIONS.items():
+        table, old = key.split(".")
+        section = values.setdefault(table, {})
+        spec = _CHOICES[legacy.choice]
+        options_name = spec.options.split(".")[1]
+        options = section.get(options_name, {}) if isinstance(section, dict) else None
+        if not isinstance(options, dict):
+            continue  # not tables: _build says so
+        chosen = _chosen(values, legacy.choice)
+        if chosen != legacy.name:
+            if section.pop(old, legacy.default) != legacy.default:
+                raise ConfigError(
+                    f"{key} applies to {legacy.choice} {legacy.name!r} only, not {chosen!r}; "
+                    "remove it"
+                )
+            continue
+        if old in section:
+            value = section.pop(old)
+            if options.setdefault(legacy.option, value) != value:
+                raise ConfigError(
+                    f"{key} and {spec.options}.{legacy.option} differ; set "
+                    f"{spec.options}.{legacy.option} only"
+                )
+        field_ = {f.name: f for f in dataclasses.fields(spec.registry[chosen])}[legacy.option]
+        required = field_.default is field_.default_factory is dataclasses.MISSING
+        if required and legacy.option not in options:
+            options[legacy.option] = legacy.default
+        if options:
+            section[options_name] = options
 
 
 def parse_override(item: str) -> tuple[str, Any]:
@@ -366,7 +551,28 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def _field_type(key: str) -> Any:
-    """The type of the (dotted) config key; ConfigError listing the valid keys if unknown."""
+    """The type of the (dotted) config key; ConfigError listing the valid keys if unknown.
+
+    An option's type is that of the field of that name in the classes of its choice (which
+    class is chosen is known only once every override is read).
+    """
+    if key in LEGACY_OPTIONS:
+        legacy = LEGACY_OPTIONS[key]
+        return _fields(_CHOICES[legacy.choice].registry[legacy.name])[legacy.option]
+    for choice, spec in _CHOICES.items():
+        if key.startswith(spec.options + "."):
+            types = {
+                option: tp
+                for cls in spec.registry.values()
+                for option, tp in _fields(cls).items()
+                if option not in spec.common
+            }
+            option = key[len(spec.options) + 1 :]
+            if option not in types:
+                raise ConfigError(
+                    f"{key} is not an option of any {choice}; options: {', '.join(types)}"
+                )
+            return types[option]
     cls: Any = Config
     prefix = ""
     parts = key.split(".")

@@ -157,3 +157,12 @@ class HessianFree:
                 chosen = torch.where(accept, torch.full_like(chosen, t), chosen)
             params = tree.axpy(chosen, d, params)
         return params
+
+
+OPTIMIZERS: dict[str, type[InnerOptimizer]] = {"gd": GD, "adam": Adam, "hf": HessianFree}
+"""The inner optimizers a config names (``inner.optimizer``), name → class.
+
+A config builds one from ``inner.steps``, ``inner.lr`` (where the class has an ``lr`` field)
+and ``[inner.options]``, the class's other fields; registering a class here is all a new
+optimizer needs to be reachable from a config.
+"""

@@ -323,3 +323,17 @@ class Dense:
 def _check_iters(iters: int) -> None:
     if not isinstance(iters, int) or iters < 1:
         raise ValueError(f"iters must be a positive int, got {iters!r}")
+
+
+SOLVERS: dict[str, type[LinearSolver]] = {
+    "cg": CG,
+    "minres": MINRES,
+    "neumann": Neumann,
+    "dense": Dense,
+}
+"""The linear solvers a config names (``imaml.solver``), name → class.
+
+A config builds one from ``imaml.solver_iters`` (as ``iters``, where the class has that field)
+and ``[imaml.solver_options]``, the class's other fields; registering a class here is all a
+new solver needs to be reachable from a config.
+"""

@@ -1,4 +1,9 @@
-"""From a :class:`~imaml.config.Config` to what the engine takes: model, loss, data, optimizers."""
+"""From a :class:`~imaml.config.Config` to what the engine takes: model, loss, data, optimizers.
+
+The names a config chooses among are the keys of registries, one per family: :data:`MODELS`
+and :data:`DATASETS` here, :data:`imaml.inner.OPTIMIZERS`, :data:`imaml.solvers.SOLVERS` and
+:data:`imaml.training.step.ALGORITHMS`; adding one is one entry.
+"""
 
 from __future__ import annotations
 
@@ -13,14 +18,11 @@ from torch import Tensor, nn
 
 from imaml import inner as inner_lib
 from imaml import solvers
-from imaml.config import Config, ConfigError, InnerConfig
+from imaml.config import Config, ConfigError, DataConfig, InnerConfig
 from imaml.data import DatasetNotFoundError, MiniImageNet, Omniglot, Sinusoid, TaskSampler
 from imaml.losses import classification_loss, regression_loss
 from imaml.models import MLP, Conv4
 from imaml.tree import Params
-
-_CHANNELS = {"omniglot": 1, "miniimagenet": 3}
-
 
 Metric = Literal["accuracy", "mse"]
 METRICS: tuple[Metric, ...] = get_args(Metric)
@@ -54,51 +56,58 @@ class Problem:
         return loss, loss
 
 
+def _conv4(config: Config, variant: Literal["standard", "released"]) -> Conv4:
+    data, model = config.data, config.model
+    return Conv4(
+        DATASETS[data.dataset].channels,
+        data.ways,
+        hidden=model.filters,
+        image_size=data.image_size,
+        downsample=model.downsample,
+        variant=variant,
+    )
+
+
+MODELS: dict[str, Callable[[Config], nn.Module]] = {
+    "conv4": lambda config: _conv4(config, "standard"),
+    "conv4-released": lambda config: _conv4(config, "released"),
+    "mlp": lambda config: MLP(1, 1, hidden=tuple(config.model.hidden)),
+}
+"""The networks of ``model.name``: name → the network of a config (:class:`imaml.models.Conv4`,
+its ``variant="released"``, :class:`imaml.models.MLP`)."""
+
+
 def build_model(config: Config) -> nn.Module:
     """The network the config describes, initialized from ``train.seed`` (global RNG untouched)."""
-    data, model = config.data, config.model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.train.seed)
-        if model.name == "mlp":
-            return MLP(1, 1, hidden=tuple(model.hidden))
-        return Conv4(
-            _CHANNELS[data.dataset],
-            data.ways,
-            hidden=model.filters,
-            image_size=data.image_size,
-            downsample=model.downsample,
-            variant="released" if model.name == "conv4-released" else "standard",
-        )
+        return MODELS[config.model.name](config)
+
+
+_LOSSES: dict[Metric, tuple[Callable[[nn.Module], Callable[..., Any]], bool]] = {
+    "accuracy": (classification_loss, True),
+    "mse": (regression_loss, False),
+}
+"""Each metric's loss (from the model) and whether that loss returns ``(loss, aux)``."""
 
 
 def build_problem(config: Config) -> Problem:
     """The model of the config with its loss: cross-entropy + accuracy, or mean squared error."""
     model = build_model(config)
-    if config.data.dataset == "sinusoid":
-        return Problem(model, regression_loss(model), has_aux=False, metric="mse")
-    return Problem(model, classification_loss(model), has_aux=True, metric="accuracy")
+    metric = DATASETS[config.data.dataset].metric
+    loss, has_aux = _LOSSES[metric]
+    return Problem(model, loss(model), has_aux=has_aux, metric=metric)
 
 
 def build_inner(config: InnerConfig, steps: int | None = None) -> inner_lib.InnerOptimizer:
-    """The inner optimizer of ``config``, optionally with another number of ``steps``."""
-    steps = config.steps if steps is None else steps
-    if config.optimizer == "gd":
-        return inner_lib.GD(steps, config.lr)
-    if config.optimizer == "adam":
-        return inner_lib.Adam(steps, config.lr)
-    return inner_lib.HessianFree(steps, cg_iters=config.cg_iters, ls_steps=config.ls_steps)
+    """The inner optimizer of ``config`` (:data:`imaml.inner.OPTIMIZERS`), optionally with
+    another number of ``steps``."""
+    return inner_lib.OPTIMIZERS[config.optimizer](**config.kwargs(steps))
 
 
 def build_solver(config: Config) -> solvers.LinearSolver:
-    """The linear solver of iMAML's meta-gradient."""
-    cfg = config.imaml
-    if cfg.solver == "cg":
-        return solvers.CG(cfg.solver_iters)
-    if cfg.solver == "minres":
-        return solvers.MINRES(cfg.solver_iters)
-    if cfg.solver == "neumann":
-        return solvers.Neumann(cfg.solver_iters, cfg.neumann_alpha)
-    return solvers.Dense()
+    """The linear solver of iMAML's meta-gradient (:data:`imaml.solvers.SOLVERS`)."""
+    return solvers.SOLVERS[config.imaml.solver](**config.imaml.solver_kwargs())
 
 
 def adaptation_lam(config: Config) -> float:
@@ -145,6 +154,47 @@ def split_seed(seed: int, split: str) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What building from a config needs to know of one data set.
+
+    ``open(data, root, split, source)`` opens ``split`` of it from its folder ``root`` (with
+    ``source``'s cache and download setting); ``metric`` is what its tasks report (its loss:
+    :data:`_LOSSES`); ``channels`` the images' channels (0: no images); ``downloadable``
+    whether ``download`` can fetch it.
+    """
+
+    open: Callable[[DataConfig, Path, str, DataSource], Any]
+    metric: Metric
+    channels: int = 0
+    downloadable: bool = False
+
+
+def _omniglot(data: DataConfig, root: Path, split: str, source: DataSource) -> Omniglot:
+    return Omniglot(
+        root,
+        split,
+        data.image_size,
+        data.rotations,
+        source.download,
+        source.cache_dir,
+        data.character_split,
+        data.character_seed,
+    )
+
+
+def _miniimagenet(data: DataConfig, root: Path, split: str, source: DataSource) -> MiniImageNet:
+    return MiniImageNet(root, split, source.download, source.cache_dir)
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "omniglot": DatasetSpec(_omniglot, "accuracy", channels=1, downloadable=True),
+    "miniimagenet": DatasetSpec(_miniimagenet, "accuracy", channels=3),
+    "sinusoid": DatasetSpec(lambda data, root, split, source: Sinusoid(), "mse"),
+}
+"""The data sets of ``data.dataset``: name → :class:`DatasetSpec`."""
+
+
 def build_sampler(
     config: Config, split: str, source: DataSource, seed: int, device: torch.device | str = "cpu"
 ) -> TaskSampler:
@@ -159,30 +209,15 @@ def build_sampler(
             to get it).
     """
     data = config.data
-    if data.dataset == "sinusoid":
-        dataset: Any = Sinusoid()
-    else:
-        root = source.dataset_root(data.dataset)
-        try:
-            if data.dataset == "omniglot":
-                dataset = Omniglot(
-                    root,
-                    split,
-                    data.image_size,
-                    data.rotations,
-                    source.download,
-                    source.cache_dir,
-                    data.character_split,
-                    data.character_seed,
-                )
-            else:
-                dataset = MiniImageNet(root, split, source.download, source.cache_dir)
-        except DatasetNotFoundError as err:
-            fetch = "add --download, or " if data.dataset == "omniglot" else ""
-            raise DatasetNotFoundError(
-                f"{err} (command line: {fetch}point --data-dir or $IMAML_DATA at the folder "
-                f"holding {data.dataset}/, or at {data.dataset}/ itself)"
-            ) from None
+    spec = DATASETS[data.dataset]
+    try:
+        dataset = spec.open(data, source.dataset_root(data.dataset), split, source)
+    except DatasetNotFoundError as err:
+        fetch = "add --download, or " if spec.downloadable else ""
+        raise DatasetNotFoundError(
+            f"{err} (command line: {fetch}point --data-dir or $IMAML_DATA at the folder "
+            f"holding {data.dataset}/, or at {data.dataset}/ itself)"
+        ) from None
     try:
         return TaskSampler(
             dataset, data.ways, data.shots, data.query_shots, split_seed(seed, split), device,

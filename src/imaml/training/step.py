@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -28,64 +30,86 @@ GradientFn = Callable[[Params, TaskBatch], tuple[Params, dict[str, Tensor]]]
 params) and (B,) diagnostics per task, as :func:`imaml.meta_gradient` returns."""
 
 
-def make_gradient_fn(config: Config, problem: Problem) -> GradientFn:
-    """The meta-gradient of the config's ``algorithm`` for a batch of tasks.
+def _released(config: Config, problem: Problem) -> GradientFn:
+    released = {
+        "lam": config.imaml.lam,
+        "steps": config.inner.steps,
+        "lr": config.inner.lr,
+        "cg_damping": config.released.cg_damping,
+        "lam_damping": config.released.lam_damping,
+        "cg_steps": config.imaml.solver_iters,
+        "has_aux": problem.has_aux,
+        "chunk_size": config.train.chunk_size or None,
+    }
 
-    imaml: :func:`imaml.meta_gradient`; imaml-released: :func:`imaml.released.released_gradient`
-    (the released code's pipeline, ``[released]`` dampings); maml / fomaml:
-    :func:`imaml.maml_gradient`; reptile: :func:`imaml.reptile_gradient` (θ − φ, adapted on
-    the support set).
-    """
-    loss_fn = problem.loss_fn
-    algorithm = config.algorithm
-    chunk_size = config.train.chunk_size or None
-    if algorithm == "imaml-released":
-        released = {
-            "lam": config.imaml.lam,
-            "steps": config.inner.steps,
-            "lr": config.inner.lr,
-            "cg_damping": config.released.cg_damping,
-            "lam_damping": config.released.lam_damping,
-            "cg_steps": config.imaml.solver_iters,
-            "has_aux": problem.has_aux,
-            "chunk_size": chunk_size,
-        }
+    def released_fn(params: Params, tasks: TaskBatch) -> tuple[Params, dict[str, Tensor]]:
+        support, query = (tasks.xs, tasks.ys), (tasks.xq, tasks.yq)
+        return released_gradient(problem.loss_fn, params, support, query, **released)
 
-        def released_fn(params: Params, tasks: TaskBatch) -> tuple[Params, dict[str, Tensor]]:
-            support, query = (tasks.xs, tasks.ys), (tasks.xq, tasks.yq)
-            return released_gradient(loss_fn, params, support, query, **released)
+    return released_fn
 
-        return released_fn
-    common = {
+
+def _common(config: Config, problem: Problem) -> dict[str, Any]:
+    """The keyword arguments of every gradient of the engine: inner optimizer, aux, chunks."""
+    return {
         "inner": build_inner(config.inner),
         "has_aux": problem.has_aux,
-        "chunk_size": chunk_size,
+        "chunk_size": config.train.chunk_size or None,
     }
-    if algorithm == "imaml":
-        lam, solver = config.imaml.lam, build_solver(config)
 
-        def imaml_fn(params: Params, tasks: TaskBatch) -> tuple[Params, dict[str, Tensor]]:
-            support, query = (tasks.xs, tasks.ys), (tasks.xq, tasks.yq)
-            return imaml.meta_gradient(
-                loss_fn, params, support, query, lam=lam, solver=solver, **common
-            )
 
-        return imaml_fn
-    if algorithm in ("maml", "fomaml"):
-        first_order = algorithm == "fomaml"
+def _imaml(config: Config, problem: Problem) -> GradientFn:
+    lam, solver, common = config.imaml.lam, build_solver(config), _common(config, problem)
 
-        def maml_fn(params: Params, tasks: TaskBatch) -> tuple[Params, dict[str, Tensor]]:
-            support, query = (tasks.xs, tasks.ys), (tasks.xq, tasks.yq)
-            return imaml.maml_gradient(
-                loss_fn, params, support, query, first_order=first_order, **common
-            )
+    def imaml_fn(params: Params, tasks: TaskBatch) -> tuple[Params, dict[str, Tensor]]:
+        support, query = (tasks.xs, tasks.ys), (tasks.xq, tasks.yq)
+        return imaml.meta_gradient(
+            problem.loss_fn, params, support, query, lam=lam, solver=solver, **common
+        )
 
-        return maml_fn
+    return imaml_fn
+
+
+def _maml(config: Config, problem: Problem, first_order: bool) -> GradientFn:
+    common = _common(config, problem)
+
+    def maml_fn(params: Params, tasks: TaskBatch) -> tuple[Params, dict[str, Tensor]]:
+        support, query = (tasks.xs, tasks.ys), (tasks.xq, tasks.yq)
+        return imaml.maml_gradient(
+            problem.loss_fn, params, support, query, first_order=first_order, **common
+        )
+
+    return maml_fn
+
+
+def _reptile(config: Config, problem: Problem) -> GradientFn:
+    common = _common(config, problem)
 
     def reptile_fn(params: Params, tasks: TaskBatch) -> tuple[Params, dict[str, Tensor]]:
-        return imaml.reptile_gradient(loss_fn, params, (tasks.xs, tasks.ys), **common)
+        return imaml.reptile_gradient(problem.loss_fn, params, (tasks.xs, tasks.ys), **common)
 
     return reptile_fn
+
+
+ALGORITHMS: dict[str, Callable[[Config, Problem], GradientFn]] = {
+    "imaml": _imaml,
+    "imaml-released": _released,
+    "maml": functools.partial(_maml, first_order=False),
+    "fomaml": functools.partial(_maml, first_order=True),
+    "reptile": _reptile,
+}
+"""The meta-gradients of ``algorithm``: name → ``(config, problem) -> GradientFn``.
+
+imaml: :func:`imaml.meta_gradient`; imaml-released: :func:`imaml.released.released_gradient`
+(the released code's pipeline, ``[released]`` dampings); maml / fomaml:
+:func:`imaml.maml_gradient`; reptile: :func:`imaml.reptile_gradient` (θ − φ, adapted on the
+support set).
+"""
+
+
+def make_gradient_fn(config: Config, problem: Problem) -> GradientFn:
+    """The meta-gradient of the config's ``algorithm`` for a batch of tasks (:data:`ALGORITHMS`)."""
+    return ALGORITHMS[config.algorithm](config, problem)
 
 
 def sample_shard(sampler: TaskSampler, world: World, meta_batch: int, step: int) -> TaskBatch:
