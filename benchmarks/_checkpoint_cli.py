@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from imaml.cli import default_data_dir
+from _common import add_data_dir
 
 
 def checkpoint_parser(doc: str, *, tasks: int, split: str) -> argparse.ArgumentParser:
@@ -19,7 +19,7 @@ def checkpoint_parser(doc: str, *, tasks: int, split: str) -> argparse.ArgumentP
     parser.add_argument("--split", default=split)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
-    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
+    add_data_dir(parser)
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--json", action="store_true", help="one JSON object per row")
     return parser

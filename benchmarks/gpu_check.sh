@@ -17,6 +17,7 @@ device=${DEVICE:-cuda}
 : "${IMAML_DATA:?set IMAML_DATA to the folder holding omniglot/}"
 mkdir -p "$out/bench"
 work=$(mktemp -d)
+bench=$(cd "$(dirname "$0")" && pwd)
 exec > >(tee -a "$out/log.txt") 2>&1
 stage() { echo "=== $(date -u +%H:%M:%S) $*"; }
 
@@ -33,14 +34,14 @@ echo "pytest exit $?"
 tail -n 15 "$out/tests.log"
 
 stage "float32 meta-gradients of random-image tasks: batched, per-task loop, CPU (TF32 on/off)"
-timeout 180 python3 - "$device" <<'EOF'
+PYTHONPATH="$bench" timeout 180 python3 - "$device" <<'EOF'
 import sys
 
 import torch
 
+import speed
+from _common import conv4_problem
 from imaml import tree
-from imaml.bench import speed
-from imaml.bench._common import conv4_problem
 
 device = sys.argv[1]
 s = {**speed.FULL, "tasks": 8}
@@ -79,8 +80,8 @@ device=sys.argv[3], wall_s=float(sys.argv[5]) - float(sys.argv[4])); print(json.
 done
 
 stage "benchmarks on $device"
-timeout 150 python3 -m imaml bench speed --device "$device" --out "$out/bench"
-timeout 200 python3 -m imaml bench memory --device "$device" --out "$out/bench"
+timeout 150 python3 "$bench/speed.py" --device "$device" --out "$out/bench"
+timeout 200 python3 "$bench/memory.py" --device "$device" --out "$out/bench"
 
 stage "imaml train on $device: $per_config s per config"
 for config in omniglot-5w1s omniglot-5w1s-maml omniglot-5w1s-hf omniglot-5w5s omniglot-20w1s \

@@ -9,7 +9,7 @@ relative change of 1e-6 (float32 round-off is 6e-8) moves g by percents, two com
 the same meta-gradient that round differently (batched vs per-task kernels, GPU vs CPU, TF32)
 can differ by as much. CHECKPOINT: a checkpoint or run directory, on tasks of its own data set
 (``--initial``: its config with freshly initialized parameters); without one, the speed
-benchmark's problem (``imaml bench speed``: conv4, random 28×28 images, 16 GD steps at lr 0.1,
+benchmark's problem (``benchmarks/speed.py``: conv4, random 28×28 images, 16 GD steps at lr 0.1,
 λ = 2, 5 CG steps).
 """
 
@@ -20,10 +20,9 @@ from pathlib import Path
 
 import torch
 
+import speed
+from _common import add_data_dir, conv4_problem
 from imaml import tree
-from imaml.bench import speed
-from imaml.bench._common import conv4_problem
-from imaml.cli import default_data_dir
 from imaml.training import DataSource, build_sampler, load_trained_model, make_gradient_fn
 from imaml.training.components import build_problem
 
@@ -35,7 +34,7 @@ def main() -> None:
     parser.add_argument("--eps", default="1e-6,1e-4", help="relative perturbations of θ")
     parser.add_argument("--tasks", type=int, default=8)
     parser.add_argument("--split", default="train")
-    parser.add_argument("--data-dir", type=Path, default=default_data_dir())
+    add_data_dir(parser)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.manual_seed(0)

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import imaml
+import memory
+from _common import conv4_problem
 from imaml import checkpoint
-from imaml.bench import memory
-from imaml.bench._common import conv4_problem
 from imaml.inner import GD, Adam, HessianFree
 from imaml.solvers import CG, Dense, Neumann
 from imaml.training import evaluate_checkpoint, resume_config, train
@@ -109,7 +109,7 @@ def test_gpu_memory_of_maml_grows_with_inner_steps() -> None:
 
 def peak_growth(method: str, few: int, many: int) -> float:
     """Peak GPU memory of one conv4 meta-gradient (over what was allocated before) at ``many``
-    inner steps, relative to ``few``; :func:`imaml.bench.memory.measure`, in this process
+    inner steps, relative to ``few``; ``benchmarks/memory.py``'s :func:`measure`, in this process
     (the CUDA allocator's peak counts live tensors only, so one process serves all)."""
 
     def delta(steps: int) -> int:

@@ -1,13 +1,15 @@
 """Meta-gradient throughput: the batched engine against a per-task loop, and the FLOP rate.
 
+Usage: python benchmarks/speed.py [--quick] [--out DIR] [--device cpu|cuda] [--no-plot]
+
 At the paper's Omniglot 5-way 1-shot settings (conv4, 16 inner GD steps at lr 0.1, λ = 2,
 5 CG steps, 15 queries per class, a meta-batch of 32 tasks): tasks per second of
-:func:`imaml.meta_gradient` (all tasks at once under ``vmap``) and of a Python loop over
-the tasks running the same per-task math without ``vmap`` (:func:`per_task_loop`). The
-floating-point operations of one task's meta-gradient are counted with
-``torch.utils.flop_counter.FlopCounterMode`` on the loop (unbatched operations: the counter
-does not account for the grouped convolutions that ``vmap`` produces), and the rate reached
-is compared with a 2048×2048 fp32 matrix multiply timed in the same run.
+:func:`imaml.meta_gradient` on all tasks at once (``vmap`` over 32 tasks) and of a Python
+loop calling it on one task at a time (:func:`per_task_loop`). The floating-point
+operations of one task's meta-gradient are counted with
+``torch.utils.flop_counter.FlopCounterMode`` on the loop (one task: the counter does not
+account for the grouped convolutions that ``vmap`` makes of several tasks' weights), and the
+rate reached is compared with a 2048×2048 fp32 matrix multiply timed in the same run.
 
 For scale, the same run times the kernels' own ceiling on this network
 (:func:`plain_step_gflops`): one ordinary forward and backward of the conv4 module, one
@@ -18,29 +20,30 @@ FLOP rate cannot exceed that of the plain step by much.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
-from torch.func import grad
 from torch.utils.flop_counter import FlopCounterMode
 
 import imaml
-from imaml import tree
-from imaml.bench._common import (
+from _common import (
     LossFn,
     Result,
     Split,
+    benchmark_parser,
     conv4_problem,
     hardware,
     median,
+    run_benchmark,
     seconds,
     target,
 )
+from imaml import tree
 from imaml.inner import GD
 from imaml.models import Conv4
-from imaml.objective import Objective
 from imaml.solvers import CG
 from imaml.tree import Params
 
@@ -81,21 +84,24 @@ def batched(
 def per_task_loop(
     s: dict[str, Any], loss_fn: LossFn, params: Params, support: Split, query: Split
 ) -> Params:
-    """The same meta-gradient, one task at a time in a Python loop (no ``vmap``)."""
-    lam, inner, solver = s["lam"], GD(s["inner_steps"], s["inner_lr"]), CG(s["cg_steps"])
+    """The same meta-gradient, one task at a time in a Python loop: :func:`batched` on each
+    task alone (a meta-batch of one), then the mean over the tasks.
 
-    def loss(p: Params, x: Tensor, y: Tensor) -> Tensor:
-        return loss_fn(p, x, y)[0]
+    The loss goes in as a plain function, so that the input checks of a model's loss (a
+    forward pass on each split's first task, once a call: :mod:`imaml.losses`) run once, as
+    in the batched call, not once a task.
+    """
+    tasks = len(support[0])
 
-    total = tree.zeros_like(params)
-    for xs, ys, xq, yq in zip(*support, *query, strict=True):
-        train = Objective(lambda p, xs=xs, ys=ys: loss(p, xs, ys))
-        phi = inner(Objective(train.loss, params, lam), params)
-        _, _, hess = train.linearize(phi)
-        q_grad = grad(loss)(phi, xq, yq)
-        x = solver(lambda v, hess=hess: tree.axpy(1.0 / lam, hess(v), v), q_grad).x
-        total = tree.add(total, x)
-    return tree.scale(total, 1.0 / len(support[0]))
+    def unchecked(p: Params, x: Tensor, y: Tensor) -> Any:
+        return loss_fn(p, x, y)
+
+    def task(split: Split, i: int) -> Split:
+        x, y = split
+        return x[i : i + 1], y[i : i + 1]
+
+    grads = [batched(s, unchecked, params, task(support, i), task(query, i)) for i in range(tasks)]
+    return tree.scale(functools.reduce(tree.add, grads), 1.0 / tasks)
 
 
 def matmul_gflops(size: int, repeats: int, device: str) -> float:
@@ -208,3 +214,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_benchmark("speed", benchmark_parser(__doc__).parse_args(), run, plot))

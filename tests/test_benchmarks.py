@@ -1,4 +1,5 @@
-"""The benchmarks' code paths on tiny settings, and the accuracy benchmark's real claim."""
+"""The scripts of ``benchmarks/`` (importable in the tests: ``pythonpath`` in pyproject.toml):
+their code paths on tiny settings, and the accuracy benchmark's real claim."""
 
 from __future__ import annotations
 
@@ -7,9 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+import torch
 
-from imaml.bench import accuracy, main, memory, speed
+import accuracy
+import memory
+import speed
+from _common import conv4_problem
+from imaml import tree
+
+BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
 
 
 def test_accuracy_imaml_error_reaches_1e_6_with_cg_steps():
@@ -25,7 +32,7 @@ def test_accuracy_imaml_error_reaches_1e_6_with_cg_steps():
 
 def test_accuracy_full_settings_reach_1e_6():
     s = accuracy.FULL
-    tasks = accuracy.LinearTasks(s["tasks"], s["dim"], s["support"], s["query"])
+    tasks = accuracy.spread_linear_tasks(s["tasks"], s["dim"], s["support"], s["query"])
     exact = tasks.exact_meta_gradient(s["lam"])
     g = accuracy.imaml_gradient(tasks, s["lam"], s["inner_lr"], s["exact_inner_steps"], 20)
     assert float((g - exact).norm() / exact.norm()) <= 1e-6
@@ -69,16 +76,26 @@ def test_memory_runs_each_point_in_a_fresh_process(monkeypatch, tmp_path):
     memory.plot(result, tmp_path / "memory.png")
 
 
-def test_main_writes_json_and_png(tmp_path):
-    assert main(["accuracy", "--quick", "--out", str(tmp_path)]) == 0
+def test_per_task_loop_is_the_batched_meta_gradient_in_float64():
+    loss_fn, params, support, query = conv4_problem(speed.QUICK)
+    params = {k: v.double() for k, v in params.items()}
+    support, query = [(x.double(), y) for x, y in (support, query)]
+    loop = speed.per_task_loop(speed.QUICK, loss_fn, params, support, query)
+    batched = speed.batched(speed.QUICK, loss_fn, params, support, query)
+    assert float(tree.norm(tree.sub(loop, batched)) / tree.norm(batched)) < 1e-12
+    assert all(v.dtype == torch.float64 for v in loop.values())
+
+
+def test_script_writes_json_and_png(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, BENCHMARKS / "accuracy.py", "--quick", "--out", tmp_path],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "accuracy.json").read_text())
     assert result["benchmark"] == "accuracy" and result["hardware"]["cpu_count"]
     assert (tmp_path / "accuracy.png").stat().st_size > 0
-
-
-def test_main_rejects_unknown_benchmark():
-    with pytest.raises(SystemExit):
-        main(["nonsense"])
+    assert f"wrote {tmp_path / 'accuracy.json'}" in proc.stdout
 
 
 def run_checkpoint_benchmark(tmp_path: Path, script: str, *args: str) -> list[dict]:
@@ -89,9 +106,8 @@ def run_checkpoint_benchmark(tmp_path: Path, script: str, *args: str) -> list[di
 
     overrides = ["train.meta_steps=2", "train.meta_batch=2", "train.val_every=0"]
     train(load_config("sinusoid", overrides)[1], tmp_path / "run", DataSource(tmp_path), quiet=True)
-    path = Path(__file__).parents[1] / "benchmarks" / script
     proc = subprocess.run(
-        [sys.executable, path, tmp_path / "run" / "checkpoint.pt", "--json", *args],
+        [sys.executable, BENCHMARKS / script, tmp_path / "run" / "checkpoint.pt", "--json", *args],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr

@@ -1,8 +1,10 @@
 """Peak memory of one meta-gradient against the number of inner steps.
 
+Usage: python benchmarks/memory.py [--quick] [--out DIR] [--device cpu|cuda] [--no-plot]
+
 Conv4 Omniglot 5-way 1-shot (15 queries per class), a meta-batch of 4 tasks, for iMAML-GD,
 iMAML-HF, MAML and first-order MAML. On the CPU each point runs in a fresh process
-(``python -m imaml.bench.memory SPEC``): its peak resident set size (``getrusage``'s
+(``python benchmarks/memory.py --point SPEC``): its peak resident set size (``getrusage``'s
 ``ru_maxrss``), and the same minus the process's peak before the meta-gradient (after
 imports, model and data creation). On a GPU all points run in this process:
 ``torch.cuda.max_memory_allocated`` after a reset of the peak, and the same minus the memory
@@ -12,6 +14,7 @@ The baseline follows a warm-up on a tiny problem (see :func:`measure`).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import resource
@@ -24,7 +27,16 @@ import torch
 from torch import Tensor
 
 import imaml
-from imaml.bench._common import LossFn, Result, Split, conv4_problem, hardware, target
+from _common import (
+    LossFn,
+    Result,
+    Split,
+    benchmark_parser,
+    conv4_problem,
+    hardware,
+    run_benchmark,
+    target,
+)
 from imaml.inner import GD, HessianFree
 from imaml.solvers import CG
 from imaml.tree import Params
@@ -165,7 +177,7 @@ def _in_subprocess(spec: dict[str, Any]) -> dict[str, float]:
     # freed, so the peak RSS tracks live tensors rather than the heap's fragmentation.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     out = subprocess.run(
-        [sys.executable, "-m", "imaml.bench.memory", json.dumps(spec)],
+        [sys.executable, __file__, "--point", json.dumps(spec)],
         check=True,
         capture_output=True,
         text=True,
@@ -199,5 +211,16 @@ def plot(result: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def main(argv: list[str] | None = None) -> int:
+    """The benchmark, or with ``--point SPEC`` one point (:func:`measure`) printed as JSON."""
+    parser = benchmark_parser(__doc__)
+    parser.add_argument("--point", metavar="SPEC", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.point is None:
+        return run_benchmark("memory", args, run, plot)
+    print(json.dumps(measure(json.loads(args.point))))
+    return 0
+
+
 if __name__ == "__main__":
-    print(json.dumps(measure(json.loads(sys.argv[1]))))
+    raise SystemExit(main())

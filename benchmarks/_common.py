@@ -1,7 +1,9 @@
-"""What the benchmarks share: the Omniglot-shaped problem, timing, hardware facts and output."""
+"""What the benchmarks share: their command line, the Omniglot-shaped problem, timing,
+hardware facts and output."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -22,6 +24,41 @@ Result = dict[str, Any]
 LossFn = Callable[..., Any]
 Split = tuple[Tensor, Tensor]
 """A meta-batch's support or query split: images (B, N, 1, 28, 28) and labels (B, N)."""
+RESULTS = Path(__file__).parent / "results"
+"""Where the committed results are, and the default ``--out``."""
+
+
+def add_data_dir(parser: argparse.ArgumentParser) -> None:
+    """Add ``--data-dir DIR``, the folder holding the data sets (``omniglot/``, ...): by default
+    ``$IMAML_DATA``, else the working directory."""
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(os.environ.get("IMAML_DATA", ".")),
+        help="the folder holding omniglot/ (default: $IMAML_DATA, else .)",
+    )  # fmt: skip
+
+
+def benchmark_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every benchmark takes: ``[--out DIR] [--quick] [--device D] [--no-plot]``,
+    described by ``doc``'s first paragraph."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=RESULTS, help="default: benchmarks/results")
+    parser.add_argument("--quick", action="store_true", help="tiny settings (smoke test)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    parser.add_argument("--no-plot", action="store_true", help="write the JSON only")
+    return parser
+
+
+def run_benchmark(
+    name: str,
+    args: argparse.Namespace,
+    run: Callable[..., Result],
+    plot: Callable[[Result, Path], None],
+) -> int:
+    """``run(quick=, device=)`` with the options of :func:`benchmark_parser`, then
+    :func:`finish`; returns the exit status."""
+    result = run(quick=args.quick, device=args.device or default_device())
+    finish(name, result, args.out, plot=None if args.no_plot else plot)
+    return 0
 
 
 def default_device() -> str:

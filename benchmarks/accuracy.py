@@ -13,7 +13,10 @@ proximal inner objective from θ:
 - MAML: backpropagation through the K steps (θ enters as the start and the proximal center);
 - first-order MAML: ``∇L_q(φ_K)``, the path's Jacobian taken as the identity.
 
-The error is ``‖g − g*‖ / ‖g*‖``.
+The error is ``‖g − g*‖ / ‖g*‖``. The tasks and ``g*`` are :func:`imaml.testing.spread_linear_tasks`
+and :meth:`imaml.testing.LinearTasks.exact_meta_gradient`.
+
+Usage: python benchmarks/accuracy.py [--quick] [--out DIR] [--no-plot]
 """
 
 from __future__ import annotations
@@ -26,11 +29,12 @@ from torch import Tensor
 from torch.func import grad, vmap
 
 import imaml
+from _common import Result, benchmark_parser, hardware, run_benchmark, target
 from imaml import tree
-from imaml.bench._common import Result, hardware, target
 from imaml.inner import GD
 from imaml.objective import Objective
 from imaml.solvers import CG
+from imaml.testing import LinearTasks, linear_loss, spread_linear_tasks
 from imaml.tree import Params
 
 FULL = {
@@ -55,52 +59,6 @@ QUICK = {
     "inner_steps": [1, 8, 64],
     "exact_cg_steps": 7,
 }
-
-
-def linear_loss(params: Params, x: Tensor, y: Tensor) -> Tensor:
-    """Half mean squared error of ``x @ w + b`` on one task."""
-    return 0.5 * torch.mean((x @ params["w"] + params["b"] - y) ** 2)
-
-
-def quadratic(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """``(H, c)`` with :func:`linear_loss` ``= ½φᵀHφ − cᵀφ + const`` in ``φ = [w, b]``.
-
-    ``x`` (..., n, d) and ``y`` (..., n) give H of shape (..., d+1, d+1) and c of (..., d+1);
-    leading dimensions (tasks) batch.
-    """
-    z = torch.cat([x, torch.ones(*x.shape[:-1], 1, dtype=x.dtype)], dim=-1)
-    n = x.shape[-2]
-    return z.mT @ z / n, (z.mT @ y.unsqueeze(-1)).squeeze(-1) / n
-
-
-class LinearTasks:
-    """B linear-regression tasks in float64 with features of spread scales (κ(I + H/λ) ≈ 13)."""
-
-    def __init__(self, tasks: int, dim: int, support: int, query: int, seed: int = 0) -> None:
-        g = torch.Generator().manual_seed(seed)
-        scales = torch.logspace(-1, 0.5, dim, dtype=torch.float64)
-
-        def sample(n: int) -> tuple[Tensor, Tensor]:
-            x = torch.randn(tasks, n, dim, generator=g, dtype=torch.float64) * scales
-            w = torch.randn(tasks, dim, generator=g, dtype=torch.float64)
-            noise = 0.1 * torch.randn(tasks, n, generator=g, dtype=torch.float64)
-            return x, torch.einsum("bnd,bd->bn", x, w) + noise
-
-        self.support, self.query = sample(support), sample(query)
-        self.theta = {
-            "w": torch.randn(dim, generator=g, dtype=torch.float64),
-            "b": torch.randn((), generator=g, dtype=torch.float64),
-        }
-
-    def exact_meta_gradient(self, lam: float) -> Tensor:
-        """``g*``, flattened as ``[w, b]``."""
-        h, c = quadratic(*self.support)
-        hq, cq = quadratic(*self.query)
-        eye = torch.eye(h.shape[-1], dtype=h.dtype)
-        theta = tree.flatten(self.theta)[0]
-        phi = torch.linalg.solve(h + lam * eye, (c + lam * theta).unsqueeze(-1))
-        q_grad = hq @ phi - cq.unsqueeze(-1)
-        return torch.linalg.solve(eye + h / lam, q_grad).squeeze(-1).mean(0)
 
 
 def imaml_gradient(tasks: LinearTasks, lam: float, lr: float, steps: int, cg: int) -> Tensor:
@@ -144,7 +102,7 @@ def run(quick: bool = False, device: str = "cpu") -> Result:
     """
     s = QUICK if quick else FULL
     hw = hardware("cpu")
-    tasks = LinearTasks(s["tasks"], s["dim"], s["support"], s["query"])
+    tasks = spread_linear_tasks(s["tasks"], s["dim"], s["support"], s["query"])
     lam, lr = s["lam"], s["inner_lr"]
     exact = tasks.exact_meta_gradient(lam)
 
@@ -214,3 +172,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_benchmark("accuracy", benchmark_parser(__doc__).parse_args(), run, plot))

@@ -1,5 +1,0 @@
-"""``python -m imaml.bench memory|speed|accuracy``."""
-
-from imaml.bench import main
-
-raise SystemExit(main())
