@@ -6,10 +6,9 @@ import pytest
 import torch
 
 import imaml
-from conftest import make_regression_batch
-from imaml import _tasks, tree
-from imaml.bench.accuracy import linear_loss
+from imaml import _batching, tree
 from imaml.inner import GD, Adam
+from imaml.testing import linear_loss, make_regression_batch
 
 LR, STEPS = 0.1, 6
 
@@ -96,8 +95,8 @@ def test_cache_sized_chunks_of_tasks_change_nothing(mlp_problem, monkeypatch, fi
         )
 
     whole, info = run()
-    monkeypatch.setattr(_tasks, "CPU_CHUNK_ELEMENTS", 1)
-    assert _tasks.cache_chunk((xq, yq), None) == 1 < xq.shape[0]
+    monkeypatch.setattr(_batching, "CPU_CHUNK_ELEMENTS", 1)
+    assert _batching.cache_chunk((xq, yq), None) == 1 < xq.shape[0]
     chunked, info_chunked = run()
     for name in params:
         torch.testing.assert_close(chunked[name], whole[name], rtol=1e-12, atol=1e-14)

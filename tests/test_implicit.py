@@ -7,11 +7,10 @@ import torch
 from torch import nn
 
 import imaml
-from conftest import make_linear_tasks, make_regression_batch
-from imaml import _tasks, tree
-from imaml.bench.accuracy import linear_loss
+from imaml import _batching, tree
 from imaml.inner import GD, HessianFree
 from imaml.solvers import CG, MINRES, Dense, Neumann
+from imaml.testing import linear_loss, make_linear_tasks, make_regression_batch
 
 LAM = 2.0
 INNERS = {
@@ -199,8 +198,8 @@ def test_cache_sized_chunks_change_nothing(mlp_problem, monkeypatch):
     loss_fn, params, (xs, ys, xq, yq) = mlp_problem
     kwargs = dict(lam=LAM, inner=GD(5, 0.1), solver=CG(3))
     whole, info = imaml.meta_gradient(loss_fn, params, (xs, ys), (xq, yq), **kwargs)
-    monkeypatch.setattr(_tasks, "CPU_CHUNK_ELEMENTS", 1)
-    assert _tasks.cache_chunk((xs, ys), None) == 1 < xs.shape[0]
+    monkeypatch.setattr(_batching, "CPU_CHUNK_ELEMENTS", 1)
+    assert _batching.cache_chunk((xs, ys), None) == 1 < xs.shape[0]
     chunked, info_chunked = imaml.meta_gradient(loss_fn, params, (xs, ys), (xq, yq), **kwargs)
     for name in params:
         torch.testing.assert_close(chunked[name], whole[name], rtol=1e-12, atol=1e-14)
@@ -371,77 +370,6 @@ def test_memory_does_not_retain_inner_graph(linear_tasks):
     )
     assert all(g.grad_fn is None and not g.requires_grad for g in grads.values())
     assert all(v.grad_fn is None for v in info.values())
-
-
-class TestBadInput:
-    def call(self, tasks, **overrides):
-        kwargs = dict(
-            loss_fn=linear_loss,
-            params=tasks.theta,
-            support=tasks.support,
-            query=tasks.query,
-            lam=LAM,
-            inner=GD(2, 0.1),
-            solver=CG(2),
-        )
-        kwargs.update(overrides)
-        return imaml.meta_gradient(**kwargs)
-
-    @pytest.mark.parametrize("lam", [0.0, -1.0, float("nan"), float("inf")])
-    def test_lam_must_be_positive(self, linear_tasks, lam):
-        with pytest.raises(ValueError, match="lam"):
-            self.call(linear_tasks, lam=lam)
-
-    def test_task_dimensions_must_agree(self, linear_tasks):
-        with pytest.raises(ValueError, match="number of tasks"):
-            self.call(linear_tasks, query=(linear_tasks.xq[:3], linear_tasks.yq[:3]))
-        with pytest.raises(ValueError, match="number of tasks"):
-            self.call(linear_tasks, support=(linear_tasks.xs, linear_tasks.ys[:2]))
-
-    def test_params_must_be_floating_point(self, linear_tasks):
-        with pytest.raises(TypeError, match="floating-point"):
-            self.call(
-                linear_tasks, params={"w": torch.ones(4, dtype=torch.long), "b": torch.tensor(0.0)}
-            )
-        with pytest.raises(TypeError, match="not a tensor"):
-            self.call(linear_tasks, params={"w": [1.0, 2.0], "b": torch.tensor(0.0)})
-
-    def test_loss_must_be_scalar(self, linear_tasks):
-        def per_example(params, x, y):
-            return (x @ params["w"] + params["b"] - y) ** 2
-
-        with pytest.raises(ValueError, match="scalar"):
-            self.call(linear_tasks, loss_fn=per_example)
-
-    def test_aux_must_be_a_dict(self, linear_tasks):
-        with pytest.raises(TypeError, match="has_aux"):
-            self.call(linear_tasks, has_aux=True)
-
-    def test_negative_lam_in_adapt(self, linear_tasks):
-        with pytest.raises(ValueError, match="lam"):
-            imaml.adapt(
-                linear_loss, linear_tasks.theta, linear_tasks.support, lam=-1.0, inner=GD(1, 0.1)
-            )
-
-    def test_phi_must_match_params_and_tasks(self, linear_tasks):
-        phi = imaml.adapt(
-            linear_loss, linear_tasks.theta, linear_tasks.support, lam=LAM, inner=GD(1, 0.1)
-        )
-
-        def call(phi):
-            return imaml.implicit_gradient(
-                linear_loss, linear_tasks.theta, phi, linear_tasks.support, linear_tasks.query,
-                lam=LAM, solver=CG(2),
-            )  # fmt: skip
-
-        with pytest.raises(ValueError, match=r"missing \['b'\]"):
-            call({"w": phi["w"]})
-        with pytest.raises(ValueError, match=r"phi\['w'\] must be a tensor of shape \(4, 4\)"):
-            call({"w": phi["w"][:3], "b": phi["b"]})
-        with pytest.raises(ValueError, match=r"shape \(4,\).*got \(\)"):
-            call({"w": phi["w"], "b": phi["b"][0]})
-        with pytest.raises(ValueError, match=r"phi\['b'\] is torch.float32 on cpu, but"):
-            call({"w": phi["w"], "b": phi["b"].float()})
 
 
 def test_generated_tasks_are_not_degenerate():

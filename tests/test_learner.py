@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 import imaml
-from conftest import make_mlp, make_regression_batch
+from imaml.testing import make_mlp, make_regression_batch
 
 INNER = imaml.GD(steps=4, lr=0.1)
 SOLVER = imaml.CG(iters=4)

@@ -10,10 +10,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import imaml
-from conftest import make_mlp, make_regression_batch
 from imaml import losses
 from imaml.inner import GD
 from imaml.solvers import CG
+from imaml.testing import make_mlp, make_regression_batch
 
 CLASSES = 3
 

@@ -15,13 +15,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import imaml
-from conftest import LinearTasks, make_mlp, make_regression_batch
-from imaml.bench.accuracy import linear_loss
 from imaml.cli import main
 from imaml.config import ConfigError, load_config
 from imaml.data import TaskBatch
 from imaml.models import Conv4
 from imaml.released import ReleasedCG, ReleasedGD, damped_operator, released_gradient
+from imaml.testing import LinearTasks, linear_loss, make_mlp, make_regression_batch
 from imaml.training import build_problem
 from imaml.training.evaluation import Adaptation
 from imaml.training.step import make_gradient_fn

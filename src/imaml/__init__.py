@@ -12,6 +12,7 @@ an ``nn.Module`` and fill its ``.grad`` with the meta-gradient. Functional API u
 
 from imaml import data, inner, models, solvers, tree
 from imaml.baselines import maml_gradient, reptile_gradient
+from imaml.diagnostics import Diagnostics
 from imaml.implicit import adapt, implicit_gradient, meta_gradient
 from imaml.inner import GD, Adam, HessianFree
 from imaml.learner import IMAML, MAML, AdaptedModel, MetaLearner, Reptile
@@ -31,6 +32,7 @@ __all__ = [
     "Adam",
     "AdaptedModel",
     "Dense",
+    "Diagnostics",
     "HessianFree",
     "MetaLearner",
     "Neumann",

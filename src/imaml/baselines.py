@@ -6,31 +6,26 @@ All three adapt with the plain (unregularized) support loss, using any inner opt
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
-from torch import Tensor
 from torch.func import grad
 
 from imaml import tree
-from imaml._tasks import (
-    Batch,
+from imaml._batching import (
     adapt_task,
     adapt_tasks,
     cache_chunk,
     map_tasks,
-    prepare,
     query_gradients,
     support_fit,
     task_mean,
 )
-from imaml.implicit import ParamsLike, SplitLike
+from imaml._checks import prepare
+from imaml.diagnostics import Diagnostics
 from imaml.inner import InnerOptimizer
-from imaml.tree import Params
+from imaml.types import Batch, Params, ParamsLike, SplitLike, TaskLoss
 
 
 def maml_gradient(
-    loss_fn: Callable[..., Any],
+    loss_fn: TaskLoss,
     params: ParamsLike,
     support: SplitLike,
     query: SplitLike,
@@ -39,7 +34,7 @@ def maml_gradient(
     first_order: bool = False,
     has_aux: bool = False,
     chunk_size: int | None = None,
-) -> tuple[Params, dict[str, Tensor]]:
+) -> tuple[Params, Diagnostics]:
     """MAML's meta-gradient ``∇_θ L_q(φ(θ))``, backpropagating through the inner steps.
 
     ``φ(θ)`` is ``inner`` run on the unregularized support loss from θ. With
@@ -51,8 +46,9 @@ def maml_gradient(
 
     Arguments, shapes and input checks (ValueErrors) are those of :func:`imaml.meta_gradient`
     (without ``lam`` and ``solver``). Returns ``(grads, info)``: grads shaped like
-    ``params`` (mean over the B tasks), info a dict of (B,) tensors: ``support_loss`` and
-    ``query_loss`` at φ, ``inner_grad_norm`` (‖∇L_s(φ)‖) and ``query_<name>`` per aux entry.
+    ``params`` (mean over the B tasks), info a :class:`~imaml.diagnostics.Diagnostics` of (B,)
+    tensors: ``support_loss`` and ``query_loss`` at φ, ``inner_grad_norm`` (‖∇L_s(φ)‖) and
+    ``query_<name>`` per aux entry (the other fields None).
     """
     theta, (support, query), support_loss, query_loss = prepare(
         loss_fn, params, has_aux, support=support, query=query
@@ -77,33 +73,29 @@ def maml_gradient(
         )  # fmt: skip
 
     s_loss, s_grad_norm = support_fit(support_loss, phi, support, chunk_size)
-    info = {
-        "support_loss": s_loss,
-        "query_loss": q_loss,
-        "inner_grad_norm": s_grad_norm,
-        **{f"query_{k}": v for k, v in aux.items()},
-    }
+    info = Diagnostics(support_loss=s_loss, query_loss=q_loss, inner_grad_norm=s_grad_norm, aux=aux)
     return task_mean(per_task), info
 
 
 def reptile_gradient(
-    loss_fn: Callable[..., Any],
+    loss_fn: TaskLoss,
     params: ParamsLike,
     support: SplitLike,
     *,
     inner: InnerOptimizer,
     has_aux: bool = False,
     chunk_size: int | None = None,
-) -> tuple[Params, dict[str, Tensor]]:
+) -> tuple[Params, Diagnostics]:
     """Reptile's update direction ``θ − φ`` (mean over tasks), φ adapted on the support loss.
 
     An optimizer step along ``−grads`` moves θ toward the adapted parameters; with SGD at
-    learning rate ε it is Reptile's ``θ ← θ + ε(φ̄ − θ)``. Returns ``(grads, info)``: info
-    holds (B,) tensors ``support_loss`` and ``inner_grad_norm`` (‖∇L_s(φ)‖) at φ. Inputs
-    are checked as by :func:`imaml.meta_gradient`.
+    learning rate ε it is Reptile's ``θ ← θ + ε(φ̄ − θ)``. Returns ``(grads, info)``: info, a
+    :class:`~imaml.diagnostics.Diagnostics`, holds (B,) tensors ``support_loss`` and
+    ``inner_grad_norm`` (‖∇L_s(φ)‖) at φ (the other fields None). Inputs are checked as by
+    :func:`imaml.meta_gradient`.
     """
     theta, (support,), support_loss, _ = prepare(loss_fn, params, has_aux, support=support)
     phi = adapt_tasks(support_loss, theta, support, 0.0, inner, chunk_size)
     s_loss, s_grad_norm = support_fit(support_loss, phi, support, chunk_size)
-    info = {"support_loss": s_loss, "inner_grad_norm": s_grad_norm}
+    info = Diagnostics(support_loss=s_loss, inner_grad_norm=s_grad_norm)
     return task_mean(tree.sub(theta, phi)), info  # θ broadcasts over the B tasks of φ

@@ -15,35 +15,24 @@ and :func:`implicit_gradient` the second, at φ from anywhere.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 from torch.func import vmap
 
 from imaml import tree
-from imaml._tasks import (
-    Batch,
-    adapt_tasks,
-    cache_chunk,
-    check_adapted,
-    check_lam,
-    prepare,
-    query_gradients,
-    task_mean,
-)
+from imaml._batching import adapt_tasks, cache_chunk, query_gradients, task_mean
+from imaml._checks import check_adapted, check_lam, prepare
+from imaml.diagnostics import Diagnostics
 from imaml.inner import InnerOptimizer
 from imaml.objective import Objective
 from imaml.solvers import LinearSolver
-from imaml.tree import Params
-
-ParamsLike = Mapping[str, Tensor] | Iterable[tuple[str, Tensor]]
-SplitLike = Tensor | Sequence[Tensor]
+from imaml.types import Batch, LossAndAux, Params, ParamsLike, SplitLike, TaskLoss
 
 
 def meta_gradient(
-    loss_fn: Callable[..., Any],
+    loss_fn: TaskLoss,
     params: ParamsLike,
     support: SplitLike,
     query: SplitLike,
@@ -53,7 +42,7 @@ def meta_gradient(
     solver: LinearSolver,
     has_aux: bool = False,
     chunk_size: int | None = None,
-) -> tuple[Params, dict[str, Tensor]]:
+) -> tuple[Params, Diagnostics]:
     """The iMAML meta-gradient of a meta-batch of B tasks, computed for all tasks at once.
 
     :func:`adapt` then :func:`implicit_gradient`, on inputs checked once.
@@ -72,7 +61,7 @@ def meta_gradient(
         has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
         chunk_size: process tasks in vmap chunks of this size to bound memory (None: all).
             On the CPU the query pass takes smaller chunks by itself when the query sets
-            are large (:func:`imaml._tasks.cache_chunk`); the result does not change.
+            are large (:func:`imaml._batching.cache_chunk`); the result does not change.
 
     Returns:
         ``(grads, info)`` as :func:`implicit_gradient` returns them, at the φ* of ``inner``.
@@ -82,7 +71,7 @@ def meta_gradient(
             support or query set, tensors whose dim 0 (the tasks) differ; and for the losses
             of :mod:`imaml.losses`, inputs of another dtype than ``params`` (e.g. integer
             images), targets not shaped like the model's outputs, labels outside
-            ``[0, classes)``. The checks run once per call (:func:`imaml._tasks.prepare`).
+            ``[0, classes)``. The checks run once per call (:func:`imaml._checks.prepare`).
     """
     lam = check_lam(lam)
     theta, (support, query), support_loss, query_loss = prepare(
@@ -95,7 +84,7 @@ def meta_gradient(
 
 
 def implicit_gradient(
-    loss_fn: Callable[..., Any],
+    loss_fn: TaskLoss,
     params: ParamsLike,
     phi: ParamsLike,
     support: SplitLike,
@@ -105,7 +94,7 @@ def implicit_gradient(
     solver: LinearSolver,
     has_aux: bool = False,
     chunk_size: int | None = None,
-) -> tuple[Params, dict[str, Tensor]]:
+) -> tuple[Params, Diagnostics]:
     """The iMAML meta-gradient at given inner solutions φ (one per task), however found.
 
     For each task, ``g_i = (I + H/λ)⁻¹ ∇L_q(φ_i)`` with ``H = ∇²L_s(φ_i)``: exact when φ_i
@@ -122,19 +111,14 @@ def implicit_gradient(
     Returns:
         ``(grads, info)``: ``grads`` shaped like ``params`` (the mean over tasks; the
         direction that increases the query loss, as ``.grad`` would hold), and ``info``, a
-        dict of (B,) tensors: ``support_loss`` and ``query_loss`` at φ, ``inner_grad_norm``
-        (‖∇L_s(φ) + λ(φ − θ)‖, how well the inner problem was solved), ``inner_distance``
-        (‖φ − θ‖), ``inner_stationarity`` (``inner_grad_norm / (λ·inner_distance)``: 0 at
-        the exact minimizer, where the two terms cancel; near 1 when the support gradient
-        has vanished but the proximal pull is unbalanced, i.e. far from it; ``inf`` when
-        φ = θ, e.g. after 0 inner steps, where nothing has balanced the support gradient),
-        ``solver_residual`` (‖A g − b‖/‖b‖), ``solver_min_curvature`` (the smallest
-        ``vᵀAv/vᵀv`` of ``A = I + H/λ`` the solver found, NaN if it does not say: negative
-        means ``A`` is indefinite, see :class:`imaml.solvers.Solution`),
-        ``solver_max_curvature`` (the largest: gradient descent on the inner objective with
-        step ``lr`` cannot converge to φ* when ``lr·λ·solver_max_curvature > 2``),
-        ``solver_correction`` (``‖g − ∇L_q(φ)‖/‖∇L_q(φ)‖``, how much the solve changed the
-        query gradient) and ``query_<name>`` for each aux entry.
+        :class:`~imaml.diagnostics.Diagnostics` with every field set, (B,) tensors read by
+        name as in a dict: ``support_loss`` and ``query_loss`` at φ, ``inner_grad_norm``
+        (‖∇L_s(φ) + λ(φ − θ)‖), ``inner_distance`` (‖φ − θ‖), ``inner_stationarity`` (0 at
+        the exact minimizer, ``inf`` when φ = θ), ``solver_residual`` (‖A g − b‖/‖b‖),
+        ``solver_min_curvature`` and ``solver_max_curvature`` (extreme ``vᵀAv/vᵀv`` of
+        ``A = I + H/λ``, NaN if the solver does not say), ``solver_correction``
+        (``‖g − ∇L_q(φ)‖/‖∇L_q(φ)‖``) and ``query_<name>`` for each aux entry; each field's
+        meaning is documented on :class:`~imaml.diagnostics.Diagnostics`.
 
     Raises:
         ValueError: as :func:`meta_gradient`; or ``phi`` does not have ``params``' names, or
@@ -152,7 +136,7 @@ def implicit_gradient(
 
 
 def adapt(
-    loss_fn: Callable[..., Any],
+    loss_fn: TaskLoss,
     params: ParamsLike,
     support: SplitLike,
     *,
@@ -175,7 +159,7 @@ def adapt(
 
 def _implicit_gradient(
     support_loss: Callable[..., Tensor],
-    query_loss: Callable[..., Any],
+    query_loss: Callable[..., LossAndAux],
     theta: Params,
     phi: Params,
     support: Batch,
@@ -183,7 +167,7 @@ def _implicit_gradient(
     lam: float,
     solver: LinearSolver,
     chunk_size: int | None,
-) -> tuple[Params, dict[str, Tensor]]:
+) -> tuple[Params, Diagnostics]:
     """:func:`implicit_gradient` on checked inputs."""
 
     def solve(theta: Params, phi: Params, s: Batch, q_grad: Params):
@@ -209,16 +193,16 @@ def _implicit_gradient(
     per_task, s_loss, inner_grad_norm, distance, residual, correction, min_curv, max_curv = vmap(
         solve, in_dims=(None, 0, 0, 0), chunk_size=cache_chunk(support, chunk_size)
     )(theta, phi, support, q_grad)
-    info = {
-        "support_loss": s_loss,
-        "query_loss": q_loss,
-        "inner_grad_norm": inner_grad_norm,
-        "inner_distance": distance,
-        "inner_stationarity": inner_grad_norm / (lam * distance),
-        "solver_residual": residual,
-        "solver_min_curvature": min_curv,
-        "solver_max_curvature": max_curv,
-        "solver_correction": correction,
-        **{f"query_{k}": v for k, v in aux.items()},
-    }
+    info = Diagnostics(
+        support_loss=s_loss,
+        query_loss=q_loss,
+        inner_grad_norm=inner_grad_norm,
+        inner_distance=distance,
+        inner_stationarity=inner_grad_norm / (lam * distance),
+        solver_residual=residual,
+        solver_min_curvature=min_curv,
+        solver_max_curvature=max_curv,
+        solver_correction=correction,
+        aux=aux,
+    )
     return task_mean(per_task), info

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -28,16 +28,14 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 import imaml
-from imaml._tasks import Batch, check_lam, num_tasks
+from imaml._checks import check_lam, num_tasks
+from imaml.diagnostics import Diagnostics
 from imaml.inner import InnerOptimizer
 from imaml.solvers import LinearSolver
-from imaml.tree import Params
+from imaml.types import Batch, OutputLoss, Pair, Params
 
-LossFn = Callable[[Tensor, Tensor], Tensor]
-"""``loss(output, target) -> 0-d tensor`` for one task, e.g. ``F.cross_entropy``."""
-
-Pair = tuple[Tensor, Tensor] | Sequence[Tensor]
-"""A split of a meta-batch: ``(x, y)`` with x of shape (B, N, ...) and y of shape (B, N, ...)."""
+LossFn = OutputLoss
+"""The former name of :data:`imaml.types.OutputLoss` here."""
 
 
 class AdaptedModel:
@@ -124,10 +122,10 @@ class MetaLearner(ABC):
     def __init__(
         self,
         model: nn.Module,
-        loss: LossFn,
+        loss: OutputLoss,
         *,
         inner: InnerOptimizer,
-        metrics: Mapping[str, LossFn] | None = None,
+        metrics: Mapping[str, OutputLoss] | None = None,
         chunk_size: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -158,7 +156,7 @@ class MetaLearner(ABC):
             raise ValueError("the model has no parameters with requires_grad=True to meta-learn")
         return params
 
-    def meta_backward(self, support: Pair, query: Pair | None = None) -> dict[str, Tensor]:
+    def meta_backward(self, support: Pair, query: Pair | None = None) -> Diagnostics:
         """Accumulate the mean meta-gradient over the B tasks into the parameters' ``.grad``.
 
         Like ``loss.backward()``, it adds to ``.grad`` (setting it where it is None): call
@@ -173,8 +171,9 @@ class MetaLearner(ABC):
                 them; Reptile's update uses the support sets alone and ignores them.
 
         Returns:
-            The functional API's diagnostics, a dict of (B,) tensors (e.g. ``support_loss``,
-            ``query_loss``, ``query_<metric>``; see :func:`imaml.implicit_gradient`).
+            The functional API's diagnostics, a :class:`~imaml.diagnostics.Diagnostics` of
+            (B,) tensors read by name as in a dict (e.g. ``info["support_loss"]``,
+            ``info["query_loss"]``, ``info["query_<metric>"]``).
 
         Raises:
             ValueError: a split is not a pair of tensors shaped (B, N, ...) with the same B.
@@ -223,7 +222,7 @@ class MetaLearner(ABC):
     @abstractmethod
     def _meta_gradient(
         self, params: Params, support: Batch, query: Batch | None
-    ) -> tuple[Params, dict[str, Tensor]]:
+    ) -> tuple[Params, Diagnostics]:
         """The functional API's ``(grads, info)`` for checked inputs."""
 
     def _functional_args(self) -> dict[str, Any]:
@@ -254,12 +253,12 @@ class IMAML(MetaLearner):
     def __init__(
         self,
         model: nn.Module,
-        loss: LossFn,
+        loss: OutputLoss,
         *,
         lam: float,
         inner: InnerOptimizer,
         solver: LinearSolver,
-        metrics: Mapping[str, LossFn] | None = None,
+        metrics: Mapping[str, OutputLoss] | None = None,
         chunk_size: int | None = None,
     ) -> None:
         super().__init__(model, loss, inner=inner, metrics=metrics, chunk_size=chunk_size)
@@ -272,7 +271,7 @@ class IMAML(MetaLearner):
 
     def _meta_gradient(
         self, params: Params, support: Batch, query: Batch | None
-    ) -> tuple[Params, dict[str, Tensor]]:
+    ) -> tuple[Params, Diagnostics]:
         return imaml.meta_gradient(
             self._loss_fn, params, support, query, lam=self.lam, solver=self.solver,
             **self._functional_args(),
@@ -291,11 +290,11 @@ class MAML(MetaLearner):
     def __init__(
         self,
         model: nn.Module,
-        loss: LossFn,
+        loss: OutputLoss,
         *,
         inner: InnerOptimizer,
         first_order: bool = False,
-        metrics: Mapping[str, LossFn] | None = None,
+        metrics: Mapping[str, OutputLoss] | None = None,
         chunk_size: int | None = None,
     ) -> None:
         super().__init__(model, loss, inner=inner, metrics=metrics, chunk_size=chunk_size)
@@ -303,7 +302,7 @@ class MAML(MetaLearner):
 
     def _meta_gradient(
         self, params: Params, support: Batch, query: Batch | None
-    ) -> tuple[Params, dict[str, Tensor]]:
+    ) -> tuple[Params, Diagnostics]:
         return imaml.maml_gradient(
             self._loss_fn, params, support, query, first_order=self.first_order,
             **self._functional_args(),
@@ -321,7 +320,7 @@ class Reptile(MetaLearner):
 
     def _meta_gradient(
         self, params: Params, support: Batch, query: Batch | None
-    ) -> tuple[Params, dict[str, Tensor]]:
+    ) -> tuple[Params, Diagnostics]:
         return imaml.reptile_gradient(self._loss_fn, params, support, **self._functional_args())
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from imaml.tree import Params
+from imaml.types import Batch, Params
 
 
 class ModelLoss(ABC):
@@ -37,9 +37,7 @@ class ModelLoss(ABC):
         """Raise a ValueError naming ``name`` unless one task's targets ``y`` fit its outputs
         of shape ``outputs``."""
 
-    def check_splits(
-        self, params: Params, splits: Mapping[str, tuple[Tensor, ...]]
-    ) -> dict[str, torch.Size]:
+    def check_splits(self, params: Params, splits: Mapping[str, Batch]) -> dict[str, torch.Size]:
         """Check each split ``(xs, ys)`` (dim 0 indexing the B > 0 tasks) before a batched call.
 
         The inputs must have a dtype of ``params`` and the targets fit the model's outputs,
@@ -93,9 +91,7 @@ class ClassificationLoss(ModelLoss):
                 f"shape {tuple(outputs)}: the labels must have shape {tuple(outputs[:-1])}"
             )
 
-    def check_splits(
-        self, params: Params, splits: Mapping[str, tuple[Tensor, ...]]
-    ) -> dict[str, torch.Size]:
+    def check_splits(self, params: Params, splits: Mapping[str, Batch]) -> dict[str, torch.Size]:
         """:meth:`ModelLoss.check_splits`, and every label in ``[0, classes)`` (classes: the
         logits' last dimension), in one host synchronization for all splits."""
         shapes = super().check_splits(params, splits)

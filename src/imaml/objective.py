@@ -7,7 +7,6 @@ are added in closed form rather than differentiated, so they cost nothing extra.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -15,13 +14,13 @@ from torch import Tensor
 from torch.func import grad, grad_and_value, vjp
 
 from imaml import tree
-from imaml.tree import Params
+from imaml.types import MatVec, Params, ParamsLoss
 
-LossFn = Callable[[Params], Tensor]
-"""A function of one task's parameters returning a scalar (0-d) loss."""
+LossFn = ParamsLoss
+"""The former name of :data:`imaml.types.ParamsLoss`."""
 
-HvpFn = Callable[[Params], Params]
-"""``v ↦ ∇²f(φ) v`` at a fixed point φ."""
+HvpFn = MatVec
+"""The former name of :data:`imaml.types.MatVec` here: ``v ↦ ∇²f(φ) v`` at a fixed point φ."""
 
 
 @dataclass(frozen=True)
@@ -36,7 +35,7 @@ class Objective:
     Every method works on one task; vmap the caller to batch tasks.
     """
 
-    loss: LossFn
+    loss: ParamsLoss
     center: Params | None = None
     lam: float = 0.0
 
@@ -73,7 +72,7 @@ class Objective:
             g = tree.axpy(self.lam, tree.sub(params, self.center), g)
         return g
 
-    def linearize(self, params: Params) -> tuple[Tensor, Params, HvpFn]:
+    def linearize(self, params: Params) -> tuple[Tensor, Params, MatVec]:
         """``(f(φ), ∇f(φ), v ↦ ∇²f(φ)v)`` at ``φ = params``.
 
         The forward and backward passes run once; each call of the returned

@@ -30,18 +30,15 @@ iterate by iterate (tests/test_released.py checks it).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-from torch import Tensor
 
 from imaml import tree
-from imaml.implicit import ParamsLike, SplitLike, adapt, implicit_gradient
+from imaml.diagnostics import Diagnostics
+from imaml.implicit import adapt, implicit_gradient
 from imaml.inner import GD
 from imaml.objective import Objective
-from imaml.solvers import MatVec, Solution, conjugate_gradient
-from imaml.tree import Params
+from imaml.solvers import Solution, conjugate_gradient
+from imaml.types import MatVec, Params, ParamsLike, SplitLike, TaskLoss
 
 RESIDUAL_TOL = 1e-10
 """The released ``cg_solve``'s ``residual_tol``: CG stops once ``‖r‖² < RESIDUAL_TOL``."""
@@ -126,7 +123,7 @@ class ReleasedCG:
 
 
 def released_gradient(
-    loss_fn: Callable[..., Any],
+    loss_fn: TaskLoss,
     params: ParamsLike,
     support: SplitLike,
     query: SplitLike,
@@ -139,7 +136,7 @@ def released_gradient(
     cg_steps: int = 5,
     has_aux: bool = False,
     chunk_size: int | None = None,
-) -> tuple[Params, dict[str, Tensor]]:
+) -> tuple[Params, Diagnostics]:
     """The released iMAML code's meta-gradient of B tasks: :class:`ReleasedGD` from θ, then
     :class:`ReleasedCG` in :func:`imaml.implicit_gradient`, vmapped over the tasks.
 

@@ -14,8 +14,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
-Params = dict[str, Tensor]
-"""Named tensors, e.g. ``dict(model.named_parameters())``."""
+from imaml.types import Params
 
 
 def map_(fn: Callable[..., Tensor], *trees: Mapping[str, Tensor]) -> Params:
