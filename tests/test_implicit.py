@@ -315,22 +315,6 @@ def test_meta_gradient_is_implicit_gradient_at_adapted_params(mlp_problem):
         torch.testing.assert_close(info_again[key], info[key], rtol=0, atol=0)
 
 
-def test_hessian_vector_product_matches_finite_differences(mlp_problem):
-    loss_fn, params, (xs, ys, _, _) = mlp_problem
-    phi = tree.detach(params)
-    objective = imaml.Objective(lambda p: loss_fn(p, xs[0], ys[0]), center=phi, lam=0.7)
-    g = torch.Generator().manual_seed(1)
-    v = {k: torch.randn(p.shape, generator=g, dtype=p.dtype) for k, p in phi.items()}
-    value, grad, hvp = objective.linearize(phi)
-    eps = 1e-5
-    _, g_plus = objective.value_and_grad(tree.axpy(eps, v, phi))
-    _, g_minus = objective.value_and_grad(tree.axpy(-eps, v, phi))
-    fd = tree.scale(tree.sub(g_plus, g_minus), 1 / (2 * eps))
-    torch.testing.assert_close(flat(hvp(v)), flat(fd), rtol=1e-7, atol=1e-9)
-    torch.testing.assert_close(value, objective.value(phi))
-    torch.testing.assert_close(flat(grad), flat(objective.value_and_grad(phi)[1]))
-
-
 def test_works_with_batchnorm_in_batch_statistics_mode():
     torch.manual_seed(0)
     model = nn.Sequential(
