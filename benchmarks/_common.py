@@ -18,7 +18,7 @@ from torch import Tensor
 
 import imaml
 from imaml.models import Conv4
-from imaml.tree import Params
+from imaml.types import Params
 
 Result = dict[str, Any]
 LossFn = Callable[..., Any]

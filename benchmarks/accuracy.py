@@ -35,7 +35,7 @@ from imaml.inner import GD
 from imaml.objective import Objective
 from imaml.solvers import CG
 from imaml.testing import LinearTasks, linear_loss, spread_linear_tasks
-from imaml.tree import Params
+from imaml.types import Params
 
 FULL = {
     "tasks": 8,

@@ -20,11 +20,11 @@ import os
 import resource
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 import imaml
 from _common import (
@@ -37,11 +37,10 @@ from _common import (
     run_benchmark,
     target,
 )
-from imaml.inner import GD, HessianFree
+from imaml.inner import GD, HessianFree, InnerOptimizer
 from imaml.solvers import CG
-from imaml.tree import Params
+from imaml.types import Params
 
-METHODS = ("imaml_gd", "imaml_hf", "maml", "fomaml")
 LABELS = {
     "imaml_gd": "iMAML-GD",
     "imaml_hf": "iMAML-HF",
@@ -62,6 +61,47 @@ FULL = {
 QUICK = {**FULL, "tasks": 2, "queries": 2, "hidden": 8, "inner_steps": [1, 4]}
 MIB = 2**20
 
+Method = Callable[[int, dict[str, Any], LossFn, Params, Split, Split], tuple[Params, Any]]
+"""``(steps, settings, loss_fn, θ, support, query) -> (grads, info)``: one meta-gradient."""
+
+
+def _imaml(inner: Callable[[int, dict[str, Any]], InnerOptimizer]) -> Method:
+    """iMAML with the inner optimizer ``inner(steps, settings)`` and CG."""
+
+    def method(
+        steps: int, s: dict[str, Any], loss_fn: LossFn, params: Params, support: Split, query: Split
+    ) -> tuple[Params, Any]:
+        solver = CG(s["cg_steps"])
+        return imaml.meta_gradient(
+            loss_fn, params, support, query, lam=s["lam"], inner=inner(steps, s), solver=solver,
+            has_aux=True,
+        )  # fmt: skip
+
+    return method
+
+
+def _maml(first_order: bool) -> Method:
+    """MAML (or first-order MAML) through GD steps."""
+
+    def method(
+        steps: int, s: dict[str, Any], loss_fn: LossFn, params: Params, support: Split, query: Split
+    ) -> tuple[Params, Any]:
+        return imaml.maml_gradient(
+            loss_fn, params, support, query, inner=GD(steps, s["inner_lr"]),
+            first_order=first_order, has_aux=True,
+        )  # fmt: skip
+
+    return method
+
+
+METHODS: dict[str, Method] = {
+    "imaml_gd": _imaml(lambda steps, s: GD(steps, s["inner_lr"])),
+    "imaml_hf": _imaml(lambda steps, s: HessianFree(steps)),
+    "maml": _maml(first_order=False),
+    "fomaml": _maml(first_order=True),
+}
+"""The measured meta-gradients by name (labels in :data:`LABELS`)."""
+
 
 def meta_gradient(
     method: str,
@@ -71,29 +111,10 @@ def meta_gradient(
     params: Params,
     support: Split,
     query: Split,
-) -> tuple[Params, dict[str, Tensor]]:
-    """One meta-gradient of ``method`` with ``steps`` inner steps (the settings ``s``)."""
-    if method.startswith("imaml"):
-        inner = GD(steps, s["inner_lr"]) if method == "imaml_gd" else HessianFree(steps)
-        return imaml.meta_gradient(
-            loss_fn,
-            params,
-            support,
-            query,
-            lam=s["lam"],
-            inner=inner,
-            solver=CG(s["cg_steps"]),
-            has_aux=True,
-        )
-    return imaml.maml_gradient(
-        loss_fn,
-        params,
-        support,
-        query,
-        inner=GD(steps, s["inner_lr"]),
-        first_order=method == "fomaml",
-        has_aux=True,
-    )
+) -> tuple[Params, Any]:
+    """One meta-gradient of ``method`` (:data:`METHODS`) with ``steps`` inner steps (the
+    settings ``s``)."""
+    return METHODS[method](steps, s, loss_fn, params, support, query)
 
 
 def measure(spec: dict[str, Any]) -> dict[str, float]:

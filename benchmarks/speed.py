@@ -45,7 +45,7 @@ from imaml import tree
 from imaml.inner import GD
 from imaml.models import Conv4
 from imaml.solvers import CG
-from imaml.tree import Params
+from imaml.types import Params
 
 FULL = {
     "tasks": 32,

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from imaml.tree import Params
+from imaml.types import Params
 
 
 def linear_loss(params: Params, x: Tensor, y: Tensor) -> Tensor:
