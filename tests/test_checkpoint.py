@@ -1,8 +1,10 @@
-"""Corrupt or foreign inputs: one line each, never a traceback, never torch's hint to load
-with ``weights_only=False`` (which would run the file's code)."""
+"""Checkpoints: atomic writes, and corrupt or foreign inputs or a full disk as one line each,
+never a traceback, never torch's hint to load with ``weights_only=False`` (which would run the
+file's code)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from pathlib import Path
@@ -12,9 +14,10 @@ import pytest
 import torch
 
 from imaml import checkpoint
-from imaml.config import load_config
+from imaml.config import Config, load_config
 from imaml.training import build_problem
 from test_cli import assert_one_line_error, run
+from training.helpers import train_args
 
 
 def valid_state() -> dict[str, Any]:
@@ -115,3 +118,81 @@ def test_a_checkpoint_round_trips_and_save_adds_the_format(tmp_path: Path) -> No
     loaded = checkpoint.load(tmp_path / "best.pt")
     assert loaded.keys() == {*state, "format"} and loaded["format"] == checkpoint.FORMAT
     assert all(torch.equal(loaded["params"][k], v) for k, v in state["params"].items())
+
+
+def test_checkpoint_writes_are_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "checkpoint.pt"
+    config = Config().to_json()
+    checkpoint.save({"step": 1, "params": {"w": torch.ones(3)}, "config": config}, path)
+
+    def crash(obj: Any, f: Any) -> None:
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint.torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        checkpoint.save({"step": 2, "params": {"w": torch.zeros(3)}, "config": config}, path)
+    state = checkpoint.load(path)
+    assert state["step"] == 1 and torch.equal(state["params"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]  # no temporary left
+
+
+def test_checkpoint_load_rejects_foreign_files(tmp_path: Path) -> None:
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(checkpoint.CheckpointError, match="not an imaml checkpoint, or corrupt"):
+        checkpoint.load(tmp_path / "junk.pt")
+    torch.save({"params": {}}, tmp_path / "other.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="not an imaml checkpoint"):
+        checkpoint.load(tmp_path / "other.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoint at"):
+        checkpoint.load(tmp_path / "absent.pt")
+
+
+# -- a full disk --------------------------------------------------------------------------------
+
+
+def full_disk(after: int, wrapped: bool) -> Any:
+    """A torch.save that works ``after`` times, then fails as on a full disk: torch's zip
+    writer raises a RuntimeError ("unexpected pos") from the OSError, or the OSError itself."""
+    real, calls = torch.save, []
+
+    def save(obj: Any, f: Any) -> None:
+        calls.append(1)
+        if len(calls) <= after:
+            return real(obj, f)
+        f.write(b"half a checkpoint")
+        if not wrapped:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:  # as torch's writer: the OSError is only the RuntimeError's context
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos")  # noqa: B904
+
+    return save
+
+
+@pytest.mark.parametrize("wrapped", [False, True], ids=["OSError", "torch-RuntimeError"])
+def test_a_full_disk_while_checkpointing_is_one_line(
+    tmp_path: Path, capsys: Any, monkeypatch: pytest.MonkeyPatch, wrapped: bool
+) -> None:
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk(after=1, wrapped=wrapped))
+    code, _, err = run(capsys, *train_args(run_dir))
+    assert_one_line_error(
+        code, err, f"no space left on device writing {run_dir / 'checkpoint.pt'}; the previous "
+        "checkpoint is intact",
+    )  # fmt: skip
+    monkeypatch.undo()
+    assert checkpoint.load(run_dir / "checkpoint.pt")["step"] == 2
+    assert not list(run_dir.glob(".*.tmp"))
+    assert run(capsys, "train", "--resume", "--run-dir", run_dir, "-q")[0] == 0
+
+
+def test_a_full_disk_at_the_first_checkpoint_says_none_was_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk(after=0, wrapped=True))
+    path = tmp_path / "checkpoint.pt"
+    with pytest.raises(checkpoint.CheckpointError, match=r"; no checkpoint was written$"):
+        checkpoint.save({"step": 0}, path)
+    assert not any(tmp_path.iterdir())

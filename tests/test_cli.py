@@ -17,7 +17,7 @@ import pytest
 from imaml import checkpoint
 from imaml.cli import main
 from imaml.training import RunDir
-from imaml.training import loop as loop_module
+from imaml.training import trainer as loop_module
 
 TINY = [
     "train.meta_steps=4",

@@ -19,7 +19,7 @@ from imaml import checkpoint
 from imaml.inner import GD, Adam, HessianFree
 from imaml.solvers import CG, Dense, Neumann
 from imaml.training import evaluate_checkpoint, resume_config, train
-from test_train import SOURCE, tiny
+from training.helpers import SOURCE, tiny
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

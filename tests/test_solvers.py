@@ -16,6 +16,7 @@ from imaml.solvers import (
     Neumann,
     conjugate_gradient,
     dense_matrix,
+    lanczos_extremes,
     minres,
     smallest_tridiagonal_eigenvalue,
 )
@@ -301,3 +302,19 @@ def test_cg_iterates_are_the_galerkin_solutions():
         torch.testing.assert_close(got.x["v"], expected, rtol=1e-8, atol=1e-10)
         true = torch.linalg.norm(a @ got.x["v"] - b) / torch.linalg.norm(b)
         torch.testing.assert_close(got.residual, true, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["spd", "indefinite"])
+def test_lanczos_extremes_bound_and_reach_the_extreme_eigenvalues(kind):
+    # Inside [λ_min, λ_max] after k < n steps, equal to eigvalsh's extremes after n; under vmap.
+    a = spd(6, 0) if kind == "spd" else symmetric_indefinite(6, 4)
+    b = torch.linspace(-1, 2, 6, dtype=torch.float64)
+    exact = torch.linalg.eigvalsh(a)
+    assert (exact[0] < 0) == (kind == "indefinite")
+    for k in range(1, 6):
+        low, high = lanczos_extremes(matvec_of(a), as_tree(b), k)
+        assert exact[0] - 1e-12 <= low <= high <= exact[-1] + 1e-12
+    got = torch.stack(lanczos_extremes(matvec_of(a), as_tree(b), 6))
+    torch.testing.assert_close(got, exact[[0, -1]], rtol=1e-10, atol=1e-10)
+    batched = vmap(lambda v: torch.stack(lanczos_extremes(matvec_of(a), as_tree(v), 6)))
+    torch.testing.assert_close(batched(torch.stack([b, -2 * b])), got.expand(2, 2))

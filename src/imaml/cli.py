@@ -31,7 +31,6 @@ from imaml.config import (
 )
 from imaml.data import DatasetError
 from imaml.distributed import DeviceError, device_for, init_world, shutdown
-from imaml.plot import PlotError, plot_run, plot_validation
 from imaml.training import (
     EVAL_SEED,
     DataSource,
@@ -46,6 +45,7 @@ from imaml.training import (
     train,
 )
 from imaml.training.components import adaptation_lam
+from imaml.training.plot import PlotError, plot_run, plot_validation
 
 DEFAULT_CONFIG = "sinusoid"
 

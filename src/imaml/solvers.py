@@ -13,7 +13,8 @@ The numerical algorithms (:func:`conjugate_gradient`, :func:`minres`, :func:`neu
 :func:`dense_solve`) are separate from the policy objects (:class:`CG`, :class:`MINRES`,
 :class:`Neumann`, :class:`Dense`) that the meta-gradient takes. ``I + H/λ`` is symmetric but,
 for a non-convex support loss and a small λ, not always positive definite: CG may then diverge
-(residual above 1), MINRES may not.
+(residual above 1), MINRES may not. :func:`lanczos_extremes` bounds the extreme eigenvalues
+of ``A`` from the Lanczos process of MINRES.
 """
 
 from __future__ import annotations
@@ -174,6 +175,22 @@ def minres(matvec: MatVec, b: Params, iters: int, tol: float = 0.0) -> Solution:
         x = tree.where(active, tree.axpy(phi, w, x), x)
         phibar = torch.where(active, sn * phibar, phibar)
     return Solution(x, phibar / beta1.clamp(min=_TINY), *_extreme_ritz_values(lanczos))
+
+
+def lanczos_extremes(matvec: MatVec, b: Params, iters: int) -> tuple[Tensor, Tensor]:
+    """The smallest and largest Ritz values of a symmetric ``A`` after ``iters`` Lanczos steps
+    started at ``b``: ``(min, max)``, each 0-d.
+
+    They are inner bounds on the extreme eigenvalues of ``A`` (``λ_min ≤ min``,
+    ``max ≤ λ_max``), exact once the Krylov space holds the extreme eigenvectors' components
+    of ``b`` (``iters`` ≥ n in exact arithmetic). ``iters`` matvecs, no host sync: the
+    Lanczos process of :func:`minres`, which stops early where the Krylov space is exhausted
+    (so the same numbers as its ``min_curvature`` and ``max_curvature``); NaN for ``b = 0``.
+    Runs under ``vmap``.
+    """
+    solution = minres(matvec, b, iters)
+    assert solution.min_curvature is not None and solution.max_curvature is not None
+    return solution.min_curvature, solution.max_curvature
 
 
 def _extreme_ritz_values(lanczos: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor]:

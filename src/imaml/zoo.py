@@ -28,7 +28,7 @@ from safetensors.torch import load_file, safe_open, save
 
 from imaml._atomic import write_atomic
 from imaml.checkpoint import CheckpointError
-from imaml.tree import Params
+from imaml.types import Params
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -252,7 +252,7 @@ def pretrained(name: str, *, device: torch.device | str = "cpu") -> Pretrained:
         adapted = net.learner.adapt((xs, ys))   # xs (B, 5, 1, 28, 28), ys (B, 5)
         logits = adapted(xq)                    # (B, N, 5)
     """
-    from imaml.training.evaluation import load_trained_model
+    from imaml.training.loading import load_trained_model
 
     trained = load_trained_model(model_path(name), device=device)
     model = trained.problem.model.to(device)

@@ -9,27 +9,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 from torch.func import vmap
 
 import imaml
-from imaml import checkpoint, tree, zoo
-from imaml._tasks import adapt_tasks, cache_chunk, check_lam, prepare
+from imaml._batching import cache_chunk
 from imaml.config import Config, ConfigError
-from imaml.data import TaskBatch, TaskSampler
-from imaml.objective import Objective
-from imaml.solvers import minres
+from imaml.data import TaskSampler
 from imaml.training.components import (
     METRICS,
     DataSource,
     Problem,
     adaptation_lam,
     build_inner,
-    build_problem,
     build_sampler,
 )
-from imaml.training.rundir import checkpoint_config, resolve_checkpoint
-from imaml.tree import Params
+from imaml.training.loading import load_trained_model
+from imaml.types import Params
 
 EVAL_SEED = 0
 """The default seed of meta-test tasks: the same for every run, so that runs compare on the
@@ -98,7 +93,7 @@ def evaluate(
 
     Each batch runs as one :func:`imaml.adapt` call (vmapped over its tasks); the query metric
     of each adapted model is computed with vmapped forward passes (in cache-sized chunks of
-    tasks on the CPU, :func:`imaml._tasks.cache_chunk`).
+    tasks on the CPU, :func:`imaml._batching.cache_chunk`).
     """
     losses, metrics = [], []
     with torch.no_grad():
@@ -125,104 +120,6 @@ def evaluate(
         loss=torch.cat(losses).double().mean().item(),
         tasks=tasks,
     )
-
-
-@dataclass(frozen=True)
-class InnerProgress:
-    """How far adaptation got on B tasks' inner problems ``f(φ) = L_s(φ) + (λ/2)‖φ − θ‖²``.
-
-    Each field is a (B,) tensor, at the adapted φ of each task: ``objective`` f(φ),
-    ``support_loss`` L_s(φ), ``grad_norm`` ‖∇f(φ)‖ (0 at an exact minimizer, which the
-    implicit meta-gradient assumes), ``distance`` ‖φ − θ‖, ``query_metric``, the problem's
-    metric of φ on the query set, and ``min_curvature`` / ``max_curvature``, the extreme
-    Ritz values of the Hessian ∇²f(φ) from Lanczos (inner bounds on its extreme
-    eigenvalues): gradient descent with step ``lr`` cannot settle at φ when
-    ``lr·max_curvature > 2``.
-    """
-
-    objective: Tensor
-    support_loss: Tensor
-    grad_norm: Tensor
-    distance: Tensor
-    query_metric: Tensor
-    min_curvature: Tensor
-    max_curvature: Tensor
-
-
-def inner_progress(
-    problem: Problem,
-    params: Params,
-    tasks: TaskBatch,
-    adaptation: Adaptation,
-    curvature_iters: int = 20,
-) -> InnerProgress:
-    """Adapt ``params`` (θ) to the B ``tasks`` as ``adaptation`` says and measure the result
-    (shapes of ``tasks``: :class:`~imaml.data.TaskBatch`; each result field is (B,)).
-
-    Sweeping ``adaptation.inner``'s steps shows whether the inner optimizer converges to the
-    minimizer of the proximal problem and what query metric that minimizer has. The
-    curvatures come from ``curvature_iters`` Lanczos steps (Hessian-vector products) started
-    at ∇f(φ).
-    """
-    lam = check_lam(adaptation.lam, allow_zero=True)
-    theta, (support,), support_loss, _ = prepare(
-        problem.loss_fn, params, problem.has_aux, support=(tasks.xs, tasks.ys)
-    )
-    with torch.no_grad():  # torch.func.grad still differentiates inside
-        phi = adapt_tasks(
-            support_loss, theta, support, lam, adaptation.inner, adaptation.chunk_size
-        )
-
-        def measure(
-            phi: Params, xs: Tensor, ys: Tensor, xq: Tensor, yq: Tensor
-        ) -> tuple[Tensor, ...]:
-            objective = Objective(lambda p: support_loss(p, xs, ys), theta, lam)
-            value, grads, hvp = objective.linearize(phi)
-            lanczos = minres(hvp, grads, curvature_iters)
-            return (
-                value,
-                support_loss(phi, xs, ys),
-                tree.norm(grads),
-                tree.norm(tree.sub(phi, theta)),
-                problem.score(phi, xq, yq)[1],
-                lanczos.min_curvature,
-                lanczos.max_curvature,
-            )
-
-        return InnerProgress(*vmap(measure)(phi, tasks.xs, tasks.ys, tasks.xq, tasks.yq))
-
-
-@dataclass(frozen=True)
-class TrainedModel:
-    """A checkpoint made ready to adapt: its file, config (with overrides), problem (model
-    and loss), parameters on the device, and step."""
-
-    path: Path
-    config: Config
-    problem: Problem
-    params: Params
-    step: int
-
-
-def load_trained_model(
-    path: str | Path, overrides: Sequence[str] = (), device: torch.device | str = "cpu"
-) -> TrainedModel:
-    """Load a checkpoint, a published model file (``.safetensors``) or a run directory's best
-    checkpoint, with its config and ``KEY=VALUE`` ``overrides``, checking that its parameters
-    fit the config's model."""
-    path = resolve_checkpoint(path)
-    if path.suffix == ".safetensors":  # a published model file
-        published = zoo.read_model(path)
-        state = {"config": published.config, "params": published.params, "step": published.step}
-    else:
-        state = checkpoint.load(path)
-    config = checkpoint_config(state, overrides)
-    problem = build_problem(config)
-    expected = {k: v.shape for k, v in problem.model.named_parameters()}
-    params = {k: v.to(device) for k, v in state["params"].items()}
-    if {k: v.shape for k, v in params.items()} != expected:
-        raise checkpoint.CheckpointError(f"{path}: its parameters do not fit its config's model")
-    return TrainedModel(path, config, problem, params, state["step"])
 
 
 @dataclass(frozen=True)

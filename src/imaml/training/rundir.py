@@ -1,4 +1,5 @@
-"""The files of a run directory, the lock that gives it one writer, and the checkpoints in it."""
+"""The files of a run directory, the lock that gives it one writer, and which checkpoint in it
+to load."""
 
 from __future__ import annotations
 
@@ -7,14 +8,13 @@ import json
 import os
 import socket
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from imaml import checkpoint
 from imaml._atomic import remove_temporaries, write_atomic
-from imaml.config import Config, from_dict
 
 try:
     import fcntl
@@ -192,8 +192,3 @@ def resolve_checkpoint(path: str | Path) -> Path:
             return run.checkpoint
         raise checkpoint.CheckpointError(f"{path} holds no best.pt or checkpoint.pt")
     return path
-
-
-def checkpoint_config(state: dict[str, Any], overrides: Iterable[str] = ()) -> Config:
-    """The config stored in a checkpoint, with ``KEY=VALUE`` overrides applied."""
-    return from_dict(json.loads(state["config"]), overrides)

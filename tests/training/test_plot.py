@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from imaml.plot import PlotError, plot_validation, validation_curve
+import imaml.plot
+from imaml.training import plot
+from imaml.training.plot import PlotError, plot_validation, validation_curve
 
 PNG = b"\x89PNG\r\n\x1a\n"
 VAL = {"split": "val", "ci95": 0.01, "loss": 0.3, "tasks": 200}
@@ -61,3 +63,11 @@ def test_plot_validation_compares_runs(tmp_path: Path) -> None:
     with pytest.raises(PlotError, match="no run directories"):
         plot_validation([], tmp_path / "never.png")
     assert not (tmp_path / "never.png").exists()
+
+
+def test_imaml_plot_re_exports_the_public_names() -> None:
+    assert (imaml.plot.PlotError, imaml.plot.plot_run) == (PlotError, plot.plot_run)
+    assert (imaml.plot.plot_validation, imaml.plot.validation_curve) == (
+        plot_validation,
+        validation_curve,
+    )
