@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import typing
 from pathlib import Path
 
 import pytest
+import torch
 
+import imaml
 from imaml.config import (
+    LEGACY_OPTIONS,
     Config,
     ConfigError,
+    DataConfig,
+    ModelConfig,
     bundled_config_text,
     bundled_configs,
     from_dict,
@@ -17,8 +24,21 @@ from imaml.config import (
     parse_override,
     tomllib,
 )
-from imaml.models import num_parameters
+from imaml.inner import GD, OPTIMIZERS, Adam, HessianFree
+from imaml.models import MLP, Conv4, num_parameters
+from imaml.solvers import CG, MINRES, SOLVERS, Neumann
 from imaml.training import build_problem
+from imaml.training.components import (
+    DATASETS,
+    MODELS,
+    DataSource,
+    build_inner,
+    build_model,
+    build_outer_optimizer,
+    build_sampler,
+    build_solver,
+)
+from imaml.training.step import ALGORITHMS, make_gradient_fn
 
 BUNDLED = [
     "omniglot-5w1s", "omniglot-5w5s", "omniglot-20w1s", "omniglot-20w5s",
@@ -116,6 +136,16 @@ def test_overrides_take_the_fields_type() -> None:
         ("train.meta_steps=true", "train.meta_steps must be an integer"),
         ("inner.lr=fast", "inner.lr must be a number"),
         ("algorithm=sgd", "algorithm must be one of 'imaml', 'imaml-released', 'maml', 'fomaml'"),
+        ("inner.optimizer=sgd", "inner.optimizer must be one of 'gd', 'adam', 'hf', got 'sgd'"),
+        ("imaml.solver=lu", "imaml.solver must be one of 'cg', 'minres', 'neumann', 'dense', got"),
+        ("inner.options.cg_iters=3", "inner.options.cg_iters is not an option of inner.optimizer"),
+        ("inner.options.lr=0.1", "inner.options.lr: set inner.lr instead"),
+        ("inner.options.momentum=0.9", "inner.options.momentum is not an option of any inner.op"),
+        ("inner.options.betas=[0.9]", "inner.options.betas must be a list of 2 (a number, a num"),
+        ("inner.options.betas=[0.9, 1.0]", "inner.options of inner.optimizer 'adam': betas must"),
+        ("imaml.solver_options.alpha=1.0", "imaml.solver_options.alpha is not an option of imaml"),
+        ("inner.cg_iters=3", "inner.cg_iters applies to inner.optimizer 'hf' only, not 'adam'"),
+        ("train.adam_eps=-1.0", "train.adam_eps must be >= 0"),
         ("data.rotations=1", "data.rotations must be a boolean"),
         ("data.character_split=alphabets", "data.character_split must be one of 'vinyals', 'r"),
         ("model.hidden=[4, 'x']", "model.hidden[1] must be an integer"),
@@ -181,3 +211,172 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     bad.write_text("[train\n")
     with pytest.raises(ConfigError, match=r"bad\.toml is not valid TOML"):
         load_config(str(bad))
+
+
+def test_every_registered_name_is_reachable_from_a_config() -> None:
+    """Each registry's names are exactly those the config accepts, and each builds its own."""
+    names = {
+        "algorithm": (Config, ALGORITHMS),
+        "dataset": (DataConfig, DATASETS),
+        "name": (ModelConfig, MODELS),
+    }
+    for field, (cls, registry) in names.items():
+        assert typing.get_args(typing.get_type_hints(cls)[field]) == tuple(registry), field
+    for name, optimizer in OPTIMIZERS.items():
+        config = load_config("sinusoid", [f"inner.optimizer={name}"])[1]
+        assert type(build_inner(config.inner)) is optimizer
+    for name, solver in SOLVERS.items():
+        assert type(build_solver(load_config("sinusoid", [f"imaml.solver={name}"])[1])) is solver
+    for name in MODELS:
+        dataset = "sinusoid" if name == "mlp" else "omniglot"
+        config = from_dict({"data": {"dataset": dataset}, "model": {"name": name}})
+        model = build_model(config)
+        assert isinstance(model, MLP if name == "mlp" else Conv4)
+    # The released variant is the standard network with another initialization.
+    standard, released = (
+        dict(build_model(from_dict({"model": {"name": n}})).named_parameters())
+        for n in ("conv4", "conv4-released")
+    )
+    assert {k: v.shape for k, v in standard.items()} == {k: v.shape for k, v in released.items()}
+    assert released["features.0.0.bias"].min() >= 0 > standard["features.0.0.bias"].min()
+    assert [DATASETS[n].channels for n in ("omniglot", "miniimagenet", "sinusoid")] == [1, 3, 0]
+
+
+def test_each_algorithm_name_builds_its_own_meta_gradient() -> None:
+    small = ["inner.optimizer=gd", "inner.steps=2", "model.hidden=[8]"]
+    base = load_config("sinusoid", small)[1]
+    problem = build_problem(base)
+    tasks = build_sampler(base, "train", DataSource(Path("unused")), 0).sample(2, step=0)
+    params = {k: v.detach() for k, v in problem.model.named_parameters()}
+    grads = {}
+    for name in ALGORITHMS:
+        config = load_config("sinusoid", [f"algorithm={name}", *small])[1]
+        grads[name] = make_gradient_fn(config, problem)(params, tasks)[0]["net.0.weight"]
+    # Five different meta-gradients, and each name's own: e.g. reptile's is theta - phi.
+    assert all(not torch.allclose(grads[a], grads[b]) for a in grads for b in grads if a < b)
+    reptile = imaml.reptile_gradient(
+        problem.loss_fn, params, (tasks.xs, tasks.ys), inner=GD(2, 0.01), has_aux=False
+    )[0]["net.0.weight"]
+    assert torch.allclose(grads["reptile"], reptile)
+
+
+def test_the_chosen_classs_options_reach_it() -> None:
+    overrides = [
+        "inner.optimizer=adam",
+        "inner.options.betas=[0.5, 0.9]",
+        "inner.options.eps=1e-6",
+        "imaml.solver=minres",
+        "imaml.solver_options.tol=1e-4",
+    ]
+    config = load_config("omniglot-5w1s", overrides)[1]
+    assert build_inner(config.inner) == Adam(16, 0.1, betas=(0.5, 0.9), eps=1e-6)
+    assert build_inner(config.inner, 3) == Adam(3, 0.1, betas=(0.5, 0.9), eps=1e-6)
+    assert build_solver(config) == MINRES(5, tol=1e-4)
+    # Through the run directory's config.toml and the checkpoint's JSON alike.
+    assert parse_config(config.to_toml()) == config
+    assert from_dict(json.loads(config.to_json())) == config
+    hf = load_config("omniglot-5w1s-hf", ["inner.options.decay=0.25"])[1]
+    assert build_inner(hf.inner) == HessianFree(5, cg_iters=5, ls_steps=10, decay=0.25)
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        (
+            {"inner": {"optimizer": "gd", "options": {"cg_iters": 3}}},
+            "inner.options.cg_iters is not an option of inner.optimizer 'gd'; its options: none",
+        ),
+        (
+            {"inner": {"optimizer": "adam", "options": {"ls_steps": 3}}},
+            "inner.options.ls_steps is not an option of inner.optimizer 'adam'; its options: "
+            "betas, eps",
+        ),
+        (
+            {"imaml": {"solver": "dense", "solver_options": {"tol": 0.1}}},
+            "imaml.solver_options.tol is not an option of imaml.solver 'dense'",
+        ),
+        (
+            {"inner": {"optimizer": "hf", "options": {"cg_iters": 0}}},
+            "inner.options of inner.optimizer 'hf': cg_iters and ls_steps must be >= 1",
+        ),
+        (
+            {"imaml": {"solver": "neumann", "solver_options": {"alpha": 0.0}}},
+            "imaml.solver_options of imaml.solver 'neumann': Neumann alpha must be > 0",
+        ),
+        ({"inner": {"options": 3}}, "inner.options must be a table, got 3"),
+        ({"imaml": {"solver": "cg", "neumann_alpha": 1.0}}, "imaml.neumann_alpha applies to"),
+        (
+            {"inner": {"optimizer": "hf", "cg_iters": 3, "options": {"cg_iters": 4}}},
+            "inner.cg_iters and inner.options.cg_iters differ",
+        ),
+        (
+            {"train": {"outer_optimizer": "sgd", "adam_eps": 1e-3}},
+            "train.adam_eps applies to train.outer_optimizer 'adam' only, not 'sgd'",
+        ),
+    ],
+)
+def test_an_option_the_chosen_class_does_not_take_is_refused(values: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        from_dict(values)
+
+
+def test_configs_written_before_the_options_tables_still_load() -> None:
+    """A run directory's config.toml (and a checkpoint's JSON) from before lists
+    ``inner.cg_iters``, ``inner.ls_steps`` and ``imaml.neumann_alpha`` whatever the choice."""
+    old = {"cg_iters": 5, "ls_steps": 10}
+    gd = from_dict({"inner": {"optimizer": "gd", **old}, "imaml": {"neumann_alpha": 0.1}})
+    assert gd == Config()
+    hf = from_dict({"inner": {"optimizer": "hf", "steps": 5, "cg_iters": 3, "ls_steps": 10}})
+    assert build_inner(hf.inner) == HessianFree(5, cg_iters=3, ls_steps=10)
+    assert hf.inner.options == {"cg_iters": 3, "ls_steps": 10}
+    # The old override benchmarks/implicit_correction.py passes; alpha 0.1 where not given.
+    neumann = ["imaml.solver=neumann", "imaml.solver_iters=1", "imaml.neumann_alpha=1.0"]
+    assert build_solver(load_config("sinusoid", neumann)[1]) == Neumann(1, 1.0)
+    assert build_solver(load_config("sinusoid", neumann[:2])[1]) == Neumann(1, 0.1)
+    assert {k.split(".")[0] for k in LEGACY_OPTIONS} == {"inner", "imaml"}
+
+
+def test_an_override_of_the_choice_drops_the_options_of_the_one_it_replaces() -> None:
+    """An hf run evaluated with GD or Adam: the file's hf options do not apply to them."""
+    gd = load_config("omniglot-5w1s-hf", ["inner.optimizer=gd"])[1]
+    assert (gd.inner.options, build_inner(gd.inner)) == ({}, GD(5, 0.1))
+    for overrides in (
+        ["inner.optimizer=adam", "inner.options.eps=1e-6"],
+        ["inner.options.eps=1e-6", "inner.optimizer=adam"],
+    ):
+        adam = load_config("omniglot-5w1s-hf", overrides)[1]
+        assert build_inner(adam.inner) == Adam(5, 0.1, eps=1e-6)
+    # The same choice keeps its options.
+    hf = load_config("omniglot-5w1s-hf", ["inner.optimizer=hf"])[1]
+    assert hf.inner.options == {"cg_iters": 5, "ls_steps": 10}
+
+
+@pytest.mark.parametrize(
+    ("name", "inner", "solver"),
+    [
+        ("omniglot-5w1s", GD(16, 0.1), MINRES(5)),
+        ("omniglot-20w1s", GD(25, 0.1), MINRES(5)),
+        ("omniglot-5w1s-hf", HessianFree(5, cg_iters=5, ls_steps=10), MINRES(5)),
+        ("omniglot-5w1s-maml", GD(1, 0.4), CG(5)),
+        ("omniglot-5w1s-released", GD(16, 0.1), CG(5)),
+        ("miniimagenet-5w1s", GD(10, 0.01), MINRES(5)),
+        ("sinusoid", Adam(10, 0.01), CG(5)),
+    ],
+)
+def test_bundled_configs_build_the_inner_optimizer_and_solver_they_state(
+    name: str, inner: object, solver: object
+) -> None:
+    config = load_config(name)[1]
+    assert (build_inner(config.inner), build_solver(config)) == (inner, solver)
+
+
+def test_the_outer_adams_eps_is_the_configs() -> None:
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    released = load_config("omniglot-5w1s-released")[1]
+    # implicit_maml/learner_model.py, Learner.__init__: Adam with eps 1e-3.
+    assert build_outer_optimizer(released, params).defaults["eps"] == 1e-3
+    default = build_outer_optimizer(load_config("omniglot-5w1s")[1], params)
+    assert type(default) is torch.optim.Adam and default.defaults["eps"] == 1e-8
+    assert default.defaults["lr"] == 1e-3
+    sgd = build_outer_optimizer(load_config("sinusoid", ["train.outer_optimizer=sgd"])[1], params)
+    assert type(sgd) is torch.optim.SGD

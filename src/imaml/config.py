@@ -568,6 +568,8 @@ def _field_type(key: str) -> Any:
                 if option not in spec.common
             }
             option = key[len(spec.options) + 1 :]
+            if option in spec.common:
+                raise ConfigError(f"{key}: set {spec.common[option]} instead")
             if option not in types:
                 raise ConfigError(
                     f"{key} is not an option of any {choice}; options: {', '.join(types)}"

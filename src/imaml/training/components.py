@@ -22,7 +22,7 @@ from imaml.config import Config, ConfigError, DataConfig, InnerConfig
 from imaml.data import DatasetNotFoundError, MiniImageNet, Omniglot, Sinusoid, TaskSampler
 from imaml.losses import classification_loss, regression_loss
 from imaml.models import MLP, Conv4
-from imaml.tree import Params
+from imaml.types import Params
 
 Metric = Literal["accuracy", "mse"]
 METRICS: tuple[Metric, ...] = get_args(Metric)
@@ -108,6 +108,15 @@ def build_inner(config: InnerConfig, steps: int | None = None) -> inner_lib.Inne
 def build_solver(config: Config) -> solvers.LinearSolver:
     """The linear solver of iMAML's meta-gradient (:data:`imaml.solvers.SOLVERS`)."""
     return solvers.SOLVERS[config.imaml.solver](**config.imaml.solver_kwargs())
+
+
+def build_outer_optimizer(config: Config, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The outer optimizer of ``train.outer_optimizer`` over ``params``: torch's Adam (with
+    ``train.adam_eps``) or SGD, at ``train.outer_lr``."""
+    train = config.train
+    if train.outer_optimizer == "sgd":
+        return torch.optim.SGD(params, lr=train.outer_lr)
+    return torch.optim.Adam(params, lr=train.outer_lr, eps=train.adam_eps)
 
 
 def adaptation_lam(config: Config) -> float:
