@@ -643,12 +643,14 @@ def load_config(name_or_path: str, overrides: Iterable[str] = ()) -> tuple[str, 
 
 
 __all__ = [
+    "LEGACY_OPTIONS",
     "Config",
     "ConfigError",
     "DataConfig",
     "EvalConfig",
     "ImamlConfig",
     "InnerConfig",
+    "LegacyOption",
     "ModelConfig",
     "ReleasedConfig",
     "TrainConfig",
