@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-import types
 from pathlib import Path
 from typing import Any
 
@@ -288,12 +287,3 @@ def test_plot_and_summary_read_a_run_dir(tmp_path: Path, capsys: Any) -> None:
     assert code == 0 and then["step"] == 2 and then["recent"]["meta_loss"] > 0
     code, _, err = run(capsys, "summary", tmp_path)
     assert_one_line_error(code, err, "is not a run directory")
-
-
-def test_bench_is_forwarded(capsys: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    seen = []
-    fake = types.ModuleType("imaml.bench")
-    fake.main = lambda argv: seen.append(argv) or 3  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "imaml.bench", fake)
-    assert run(capsys, "bench", "--help", "memory", "--steps", "4")[0] == 3
-    assert seen == [["--help", "memory", "--steps", "4"]]

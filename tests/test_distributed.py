@@ -15,10 +15,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import imaml
-from conftest import make_mlp, make_regression_batch
 from imaml.distributed import DeviceError, World, device_for
 from imaml.inner import GD
 from imaml.solvers import CG
+from imaml.testing import make_mlp, make_regression_batch
 
 
 def free_port() -> int:

@@ -12,6 +12,7 @@ import imaml
 from imaml import tree
 from imaml.inner import GD, Adam, HessianFree
 from imaml.objective import Objective
+from imaml.testing import linear_loss
 
 
 def logistic_problem(seed: int = 0):
@@ -83,8 +84,6 @@ def test_user_defined_inner_optimizer_plugs_in(linear_tasks):
             velocity = tree.axpy(0.5, velocity, g)
             params = tree.axpy(-0.1, velocity, params)
         return params
-
-    from imaml.bench.accuracy import linear_loss
 
     grads, info = imaml.meta_gradient(
         linear_loss,

@@ -1,5 +1,5 @@
-"""The ``imaml`` command: ``train``, ``eval``, ``models``, ``export``, ``summary``, ``configs``,
-``plot`` and ``bench``.
+"""The ``imaml`` command: ``train``, ``eval``, ``models``, ``export``, ``summary``, ``configs``
+and ``plot`` (the benchmarks are scripts of a source checkout: ``benchmarks/README.md``).
 
 Every user error ends with a one-line ``imaml: error: ...`` on stderr and exit status 1
 (2 for bad command-line syntax, 130 for Ctrl-C, 143 for SIGTERM); progress goes to stderr,
@@ -196,9 +196,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="PNG file (default for one run: RUN_DIR/curves.png; required to compare runs)",
     )  # fmt: skip
     p.set_defaults(func=_plot)
-
-    # `imaml bench ARGS` is forwarded to imaml.bench.main(ARGS) before parsing (see main).
-    commands.add_parser("bench", help="benchmarks (see `imaml bench --help`)", add_help=False)
     return parser
 
 
@@ -371,14 +368,6 @@ def _plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bench(argv: list[str]) -> int:
-    try:
-        from imaml.bench import main as bench_main
-    except ImportError as err:
-        raise ConfigError(f"`imaml bench` is not available in this install ({err})") from None
-    return bench_main(argv) or 0
-
-
 def _show_warning(message: Warning | str, *args: object, **kwargs: object) -> None:
     """Show a warning as one ``imaml: warning: ...`` line on stderr (no source line)."""
     print(f"imaml: warning: {message}", file=sys.stderr)
@@ -388,8 +377,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``imaml`` with ``argv`` (default: ``sys.argv[1:]``) and return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv[:1] == ["bench"]:
-            return _bench(argv[1:])
         args = build_parser().parse_args(argv)
         if getattr(args, "threads", None) is not None:
             if args.threads < 1:
