@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from imaml import tree
-from imaml.tree import Params
+from imaml.types import Params
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from imaml.data import TaskBatch, TaskSampler
 from imaml.distributed import World
 from imaml.released import released_gradient
 from imaml.training.components import Problem, build_inner, build_solver
-from imaml.tree import Params
+from imaml.types import Params
 
 GradientFn = Callable[[Params, TaskBatch], tuple[Params, dict[str, Tensor]]]
 """``(params, tasks) -> (grads, info)``: a meta-gradient (mean over the tasks, shaped like
