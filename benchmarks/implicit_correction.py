@@ -23,7 +23,7 @@ from _checkpoint_cli import checkpoint_parser, print_header, print_row
 from imaml import tree
 from imaml.config import from_dict
 from imaml.training import DataSource, build_sampler, load_trained_model
-from imaml.training.components import build_inner, build_solver
+from imaml.training.builders import build_inner, build_solver
 
 FIRST_ORDER = ("imaml.solver=neumann", "imaml.solver_iters=1", "imaml.neumann_alpha=1.0")
 """One Neumann term with α = 1: the solver returns its right-hand side, g = ∇L_q(φ)."""

@@ -25,7 +25,7 @@ from imaml.training import (
     inner_progress,
     load_trained_model,
 )
-from imaml.training.components import build_inner
+from imaml.training.builders import build_inner
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ import speed
 from _common import add_data_dir, conv4_problem
 from imaml import tree
 from imaml.training import DataSource, build_sampler, load_trained_model, make_gradient_fn
-from imaml.training.components import build_problem
+from imaml.training.builders import build_problem
 
 
 def main() -> None:

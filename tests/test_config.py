@@ -28,7 +28,7 @@ from imaml.inner import GD, OPTIMIZERS, Adam, HessianFree
 from imaml.models import MLP, Conv4, num_parameters
 from imaml.solvers import CG, MINRES, SOLVERS, Neumann
 from imaml.training import build_problem
-from imaml.training.components import (
+from imaml.training.builders import (
     DATASETS,
     MODELS,
     DataSource,

@@ -153,7 +153,7 @@ def rank_0_meta_loss() -> float:
 
 def make_start_params() -> dict[str, torch.Tensor]:
     from imaml.config import load_config
-    from imaml.training.components import build_problem
+    from imaml.training.builders import build_problem
 
     _, config = load_config("sinusoid", [])
     return {k: v.detach() for k, v in build_problem(config).model.named_parameters()}

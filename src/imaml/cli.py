@@ -44,7 +44,7 @@ from imaml.training import (
     summarize_run,
     train,
 )
-from imaml.training.components import adaptation_lam
+from imaml.training.builders import adaptation_lam
 from imaml.training.plot import PlotError, plot_run, plot_validation
 
 DEFAULT_CONFIG = "sinusoid"

@@ -25,7 +25,7 @@ from torch import Tensor
 from imaml import tree
 from imaml.objective import Objective
 from imaml.solvers import conjugate_gradient
-from imaml.tree import Params
+from imaml.types import Params
 
 
 class InnerOptimizer(Protocol):

@@ -20,7 +20,6 @@ of ``A`` from the Lanczos process of MINRES.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
@@ -29,9 +28,8 @@ from torch import Tensor
 from torch.func import vmap
 
 from imaml import tree
-from imaml.tree import Params
+from imaml.types import MatVec, Params
 
-MatVec = Callable[[Params], Params]
 """``v ↦ A v`` for a linear operator A on parameter dicts."""
 
 _TINY = 1e-30

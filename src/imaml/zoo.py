@@ -270,7 +270,7 @@ def test_time_learner(config: Config, model: nn.Module) -> MetaLearner:
     import torch.nn.functional as F
 
     from imaml.learner import IMAML, MAML, Reptile
-    from imaml.training.components import build_inner, build_solver
+    from imaml.training.builders import build_inner, build_solver
 
     inner = build_inner(config.inner, config.eval.inner_steps or None)
     if config.data.dataset == "sinusoid":

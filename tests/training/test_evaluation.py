@@ -11,7 +11,7 @@ import torch
 import imaml
 from imaml import _batching
 from imaml.training import Adaptation, EvalResult, build_problem, build_sampler, evaluate
-from imaml.training.components import build_inner
+from imaml.training.builders import build_inner
 from training.helpers import SOURCE, tiny
 
 

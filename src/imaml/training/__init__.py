@@ -4,7 +4,7 @@
 checkpoint; :func:`summarize_run` reads how far a run got and how it validated. Each module
 does one job and is usable on its own, e.g. in a notebook:
 
-- :mod:`~imaml.training.components`: the model, loss, samplers and optimizers a config names;
+- :mod:`~imaml.training.builders`: the model, loss, samplers and optimizers a config names;
 - :mod:`~imaml.training.step`: one meta-step's gradient and update;
 - :mod:`~imaml.training.trainer`: :class:`Trainer` and :func:`train`, the loop;
 - :mod:`~imaml.training.resume`: whether a run may start or resume in a run directory;
@@ -13,14 +13,14 @@ does one job and is usable on its own, e.g. in a notebook:
 - :mod:`~imaml.training.signals`: Ctrl-C and SIGTERM (:class:`Interrupted`);
 - :mod:`~imaml.training.errors`: :class:`TrainingError` and :class:`Diverged`;
 - :mod:`~imaml.training.evaluation`: meta-testing;
-- :mod:`~imaml.training.diagnostics`: how far adaptation gets (:func:`inner_progress`);
+- :mod:`~imaml.training.convergence`: how far adaptation gets (:func:`inner_progress`);
 - :mod:`~imaml.training.loading`: checkpoints and model files read back to adapt;
 - :mod:`~imaml.training.summary`: a run's progress read from its metrics;
 - :mod:`~imaml.training.plot`: learning curves (also as :mod:`imaml.plot`).
 """
 
-from imaml.training.components import DataSource, Problem, build_problem, build_sampler
-from imaml.training.diagnostics import InnerProgress, inner_progress
+from imaml.training.builders import DataSource, Problem, build_problem, build_sampler
+from imaml.training.convergence import InnerProgress, inner_progress
 from imaml.training.errors import Diverged, TrainingError
 from imaml.training.evaluation import (
     EVAL_SEED,

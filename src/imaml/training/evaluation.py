@@ -15,7 +15,7 @@ import imaml
 from imaml._batching import cache_chunk
 from imaml.config import Config, ConfigError
 from imaml.data import TaskSampler
-from imaml.training.components import (
+from imaml.training.builders import (
     METRICS,
     DataSource,
     Problem,

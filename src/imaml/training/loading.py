@@ -13,7 +13,7 @@ import torch
 
 from imaml import checkpoint, zoo
 from imaml.config import Config, from_dict
-from imaml.training.components import Problem, build_problem
+from imaml.training.builders import Problem, build_problem
 from imaml.training.rundir import resolve_checkpoint
 from imaml.types import Params
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from imaml.training.components import METRICS
+from imaml.training.builders import METRICS
 from imaml.training.rundir import RunDir
 from imaml.training.summary import elapsed_seconds
 

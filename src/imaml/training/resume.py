@@ -15,7 +15,7 @@ from imaml import checkpoint
 from imaml._atomic import write_atomic
 from imaml.config import Config, load_config
 from imaml.distributed import World
-from imaml.training.components import build_problem
+from imaml.training.builders import build_problem
 from imaml.training.errors import TrainingError
 from imaml.training.loading import checkpoint_config, shape_mismatch
 from imaml.training.rundir import RunDir

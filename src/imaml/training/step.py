@@ -20,12 +20,13 @@ from torch import Tensor
 import imaml
 from imaml.config import Config, TrainConfig
 from imaml.data import TaskBatch, TaskSampler
+from imaml.diagnostics import Diagnostics
 from imaml.distributed import World
 from imaml.released import released_gradient
-from imaml.training.components import Problem, build_inner, build_solver
+from imaml.training.builders import Problem, build_inner, build_solver
 from imaml.types import Params
 
-GradientFn = Callable[[Params, TaskBatch], tuple[Params, dict[str, Tensor]]]
+GradientFn = Callable[[Params, TaskBatch], tuple[Params, Diagnostics]]
 """``(params, tasks) -> (grads, info)``: a meta-gradient (mean over the tasks, shaped like
 params) and (B,) diagnostics per task, as :func:`imaml.meta_gradient` returns."""
 
@@ -42,7 +43,7 @@ def _released(config: Config, problem: Problem) -> GradientFn:
         "chunk_size": config.train.chunk_size or None,
     }
 
-    def released_fn(params: Params, tasks: TaskBatch) -> tuple[Params, dict[str, Tensor]]:
+    def released_fn(params: Params, tasks: TaskBatch) -> tuple[Params, Diagnostics]:
         support, query = (tasks.xs, tasks.ys), (tasks.xq, tasks.yq)
         return released_gradient(problem.loss_fn, params, support, query, **released)
 
@@ -61,7 +62,7 @@ def _common(config: Config, problem: Problem) -> dict[str, Any]:
 def _imaml(config: Config, problem: Problem) -> GradientFn:
     lam, solver, common = config.imaml.lam, build_solver(config), _common(config, problem)
 
-    def imaml_fn(params: Params, tasks: TaskBatch) -> tuple[Params, dict[str, Tensor]]:
+    def imaml_fn(params: Params, tasks: TaskBatch) -> tuple[Params, Diagnostics]:
         support, query = (tasks.xs, tasks.ys), (tasks.xq, tasks.yq)
         return imaml.meta_gradient(
             problem.loss_fn, params, support, query, lam=lam, solver=solver, **common
@@ -73,7 +74,7 @@ def _imaml(config: Config, problem: Problem) -> GradientFn:
 def _maml(config: Config, problem: Problem, first_order: bool) -> GradientFn:
     common = _common(config, problem)
 
-    def maml_fn(params: Params, tasks: TaskBatch) -> tuple[Params, dict[str, Tensor]]:
+    def maml_fn(params: Params, tasks: TaskBatch) -> tuple[Params, Diagnostics]:
         support, query = (tasks.xs, tasks.ys), (tasks.xq, tasks.yq)
         return imaml.maml_gradient(
             problem.loss_fn, params, support, query, first_order=first_order, **common
@@ -85,7 +86,7 @@ def _maml(config: Config, problem: Problem, first_order: bool) -> GradientFn:
 def _reptile(config: Config, problem: Problem) -> GradientFn:
     common = _common(config, problem)
 
-    def reptile_fn(params: Params, tasks: TaskBatch) -> tuple[Params, dict[str, Tensor]]:
+    def reptile_fn(params: Params, tasks: TaskBatch) -> tuple[Params, Diagnostics]:
         return imaml.reptile_gradient(problem.loss_fn, params, (tasks.xs, tasks.ys), **common)
 
     return reptile_fn

@@ -15,9 +15,10 @@ from torch import Tensor
 import imaml
 from imaml import checkpoint, tree
 from imaml.config import Config
+from imaml.diagnostics import Diagnostics
 from imaml.distributed import World
 from imaml.training import resume as resuming
-from imaml.training.components import (
+from imaml.training.builders import (
     DataSource,
     Problem,
     build_outer_optimizer,
@@ -163,7 +164,7 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    def meta_step(self) -> tuple[Tensor, dict[str, Tensor]]:
+    def meta_step(self) -> tuple[Tensor, Diagnostics]:
         """Sample this step's tasks, compute, average and apply the meta-gradient."""
         cfg = self.config.train
         tasks = sample_shard(self.sampler, self.world, cfg.meta_batch, self.step)

@@ -15,7 +15,7 @@ from imaml._checks import check_lam, prepare
 from imaml.data import TaskBatch
 from imaml.objective import Objective
 from imaml.solvers import lanczos_extremes
-from imaml.training.components import Problem
+from imaml.training.builders import Problem
 from imaml.training.evaluation import Adaptation
 from imaml.types import Params
 
