@@ -34,7 +34,7 @@ def test_the_readme_quickstart_runs_and_learns() -> None:
     # the meta-learned init adapts better than the untrained one, on the same new tasks
     untrained = namespace["imaml"].IMAML(
         namespace["imaml"].models.MLP(1, 1), torch.nn.functional.mse_loss, lam=10.0,
-        inner=namespace["imaml"].GD(steps=10, lr=0.01), solver=namespace["imaml"].CG(iters=5),
+        inner=namespace["imaml"].Adam(steps=10, lr=0.01), solver=namespace["imaml"].CG(iters=5),
     )  # fmt: skip
     before = torch.nn.functional.mse_loss(untrained.adapt((new.xs, new.ys))(new.xq), new.yq)
     after = torch.nn.functional.mse_loss(namespace["predictions"], new.yq)
