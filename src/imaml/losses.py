@@ -74,8 +74,7 @@ class ClassificationLoss(ModelLoss):
         """``(cross-entropy, {"accuracy": ...})`` of one task: x (N, *input), y (N,) int64."""
         logits = self.outputs(params, x)
         self.check_targets(logits.shape, y, "y")
-        accuracy = (logits.argmax(dim=-1) == y).to(logits.dtype).mean()
-        return F.cross_entropy(logits, y), {"accuracy": accuracy}
+        return F.cross_entropy(logits, y), {"accuracy": accuracy(logits, y)}
 
     def check_targets(self, outputs: torch.Size, y: Tensor, name: str) -> None:
         """Labels must be int64 class indices shaped like the logits ``outputs`` less the last
@@ -123,6 +122,12 @@ class RegressionLoss(ModelLoss):
                 f"{name} (the targets) has shape {tuple(y.shape)} per task, but the predictions "
                 f"have shape {tuple(outputs)}; they must match (no broadcasting)"
             )
+
+
+def accuracy(logits: Tensor, labels: Tensor) -> Tensor:
+    """The fraction of rows of ``logits`` (N, C) whose argmax is ``labels`` (N,): a 0-d tensor
+    of ``logits``' dtype. A metric for :class:`imaml.IMAML`'s ``metrics=`` as well."""
+    return (logits.argmax(dim=-1) == labels).to(logits.dtype).mean()
 
 
 def classification_loss(model: nn.Module) -> ClassificationLoss:

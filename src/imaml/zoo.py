@@ -252,6 +252,7 @@ def pretrained(name: str, *, device: torch.device | str = "cpu") -> Pretrained:
         adapted = net.learner.adapt((xs, ys))   # xs (B, 5, 1, 28, 28), ys (B, 5)
         logits = adapted(xq)                    # (B, N, 5)
     """
+    from imaml.training.builders import build_learner
     from imaml.training.loading import load_trained_model
 
     trained = load_trained_model(model_path(name), device=device)
@@ -259,37 +260,8 @@ def pretrained(name: str, *, device: torch.device | str = "cpu") -> Pretrained:
     with torch.no_grad():
         for key, p in model.named_parameters():
             p.copy_(trained.params[key])
-    learner = test_time_learner(trained.config, model)
+    learner = build_learner(trained.config, model)
     return Pretrained(name, model, learner, trained.config, trained.step)
-
-
-def test_time_learner(config: Config, model: nn.Module) -> MetaLearner:
-    """The learner of ``config``'s algorithm around ``model``, adapting as ``imaml eval`` does:
-    the config's inner optimizer with ``eval.inner_steps`` (if set) and iMAML's λ; classifiers
-    report ``query_accuracy``."""
-    import torch.nn.functional as F
-
-    from imaml.learner import IMAML, MAML, Reptile
-    from imaml.training.builders import build_inner, build_solver
-
-    inner = build_inner(config.inner, config.eval.inner_steps or None)
-    if config.data.dataset == "sinusoid":
-        loss, metrics = F.mse_loss, None
-    else:
-        loss, metrics = F.cross_entropy, {"accuracy": _accuracy}
-    common = {"inner": inner, "metrics": metrics}
-    if config.algorithm == "imaml":
-        return IMAML(model, loss, lam=config.imaml.lam, solver=build_solver(config), **common)
-    if config.algorithm in ("maml", "fomaml"):
-        return MAML(model, loss, first_order=config.algorithm == "fomaml", **common)
-    if config.algorithm == "reptile":
-        return Reptile(model, loss, **common)
-    raise ModelError(f"no model-level learner for algorithm {config.algorithm!r}")
-
-
-def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The fraction of ``logits`` (N, C) whose argmax is ``labels`` (N,): a 0-d tensor."""
-    return (logits.argmax(dim=-1) == labels).to(logits.dtype).mean()
 
 
 def describe(entry: ModelEntry) -> dict[str, Any]:

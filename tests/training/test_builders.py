@@ -59,3 +59,27 @@ def test_omniglot_loads_from_either_folder(tmp_path: Path, omniglot_root: Path) 
     ]
     assert datasets[0].character_ids.tolist() == datasets[1].character_ids.tolist()
     assert (datasets[0].images == datasets[1].images).all()
+
+
+def test_build_learner_follows_the_config_and_adapts_as_evaluation_does() -> None:
+    import pytest
+
+    import imaml
+    from imaml.config import ConfigError
+    from imaml.training import build_learner, build_problem
+    from imaml.training.builders import build_inner
+
+    for algorithm, cls in [
+        ("imaml", imaml.IMAML),
+        ("maml", imaml.MAML),
+        ("reptile", imaml.Reptile),
+    ]:
+        config = tiny(f"algorithm={algorithm}", "eval.inner_steps=3")
+        learner = build_learner(config, build_problem(config).model)
+        assert type(learner) is cls and learner.inner == build_inner(config.inner, 3)
+    fomaml = tiny("algorithm=fomaml")
+    assert build_learner(fomaml, build_problem(fomaml).model).first_order
+    assert build_learner(tiny(), build_problem(tiny()).model).lam == tiny().imaml.lam
+    released = load_config("omniglot-5w1s-released")[1]
+    with pytest.raises(ConfigError, match="no model-level learner for algorithm 'imaml-released'"):
+        build_learner(released, torch.nn.Linear(1, 1))

@@ -19,7 +19,13 @@ does one job and is usable on its own, e.g. in a notebook:
 - :mod:`~imaml.training.plot`: learning curves (also as :mod:`imaml.plot`).
 """
 
-from imaml.training.builders import DataSource, Problem, build_problem, build_sampler
+from imaml.training.builders import (
+    DataSource,
+    Problem,
+    build_learner,
+    build_problem,
+    build_sampler,
+)
 from imaml.training.convergence import InnerProgress, inner_progress
 from imaml.training.errors import Diverged, TrainingError
 from imaml.training.evaluation import (
@@ -60,6 +66,7 @@ __all__ = [
     "TrainedModel",
     "Trainer",
     "TrainingError",
+    "build_learner",
     "build_problem",
     "build_sampler",
     "evaluate",

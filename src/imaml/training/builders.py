@@ -14,13 +14,15 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from imaml import inner as inner_lib
 from imaml import solvers
 from imaml.config import Config, ConfigError, DataConfig, InnerConfig
 from imaml.data import DatasetNotFoundError, MiniImageNet, Omniglot, Sinusoid, TaskSampler
-from imaml.losses import classification_loss, regression_loss
+from imaml.learner import IMAML, MAML, MetaLearner, Reptile
+from imaml.losses import accuracy, classification_loss, regression_loss
 from imaml.models import MLP, Conv4
 from imaml.types import Params
 
@@ -234,3 +236,26 @@ def build_sampler(
         )  # fmt: skip
     except ValueError as err:
         raise ConfigError(f"data ({split} split): {err}") from None
+
+
+def build_learner(config: Config, model: nn.Module) -> MetaLearner:
+    """The model-level learner of ``config``'s algorithm around ``model``, adapting as
+    ``imaml eval`` does: the config's inner optimizer with ``eval.inner_steps`` (if set) and
+    iMAML's λ; classifiers report ``query_accuracy``.
+
+    Raises:
+        ConfigError: the algorithm has no model-level learner (``imaml-released``).
+    """
+    inner = build_inner(config.inner, config.eval.inner_steps or None)
+    if config.data.dataset == "sinusoid":
+        loss, metrics = F.mse_loss, None
+    else:
+        loss, metrics = F.cross_entropy, {"accuracy": accuracy}
+    common: dict[str, Any] = {"inner": inner, "metrics": metrics}
+    if config.algorithm == "imaml":
+        return IMAML(model, loss, lam=config.imaml.lam, solver=build_solver(config), **common)
+    if config.algorithm in ("maml", "fomaml"):
+        return MAML(model, loss, first_order=config.algorithm == "fomaml", **common)
+    if config.algorithm == "reptile":
+        return Reptile(model, loss, **common)
+    raise ConfigError(f"no model-level learner for algorithm {config.algorithm!r}")
