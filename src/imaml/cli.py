@@ -348,9 +348,9 @@ def _models(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     """Write the parameters and config of a checkpoint (or a run directory's best one) as a
     model file (safetensors: loading it runs no code), and print its sha256."""
-    state = checkpoint.load(resolve_checkpoint(args.path))
     if args.out.suffix != ".safetensors":
         raise ConfigError(f"the model file must end in .safetensors, got {args.out}")
+    state = checkpoint.load(resolve_checkpoint(args.path))
     digest = zoo.save_model(args.out, state["params"], state["config"], state["step"])
     print(f"{args.out} (step {state['step']}): sha256 {digest}")
     return 0

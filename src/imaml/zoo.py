@@ -200,15 +200,20 @@ def model_path(name: str, directory: str | Path | None = None) -> Path:
         ModelError: unknown name, missing file, or a file whose sha256 differs.
     """
     directory = Path(directory) if directory is not None else models_dir()
-    entry = find_model(name, directory)
+    return _checked_file(find_model(name, directory), directory)
+
+
+def _checked_file(entry: ModelEntry, directory: Path) -> Path:
+    """``entry``'s file in ``directory``, present and with the manifest's sha256."""
     path = directory / entry.file
     if not path.is_file():
-        raise ModelError(f"model {name!r}: its file {path} is missing")
+        raise ModelError(f"model {entry.name!r}: its file {path} is missing")
     actual = sha256(path)
     if actual != entry.sha256:
         raise ModelError(
-            f"model {name!r}: {path} has sha256 {actual}, the manifest says {entry.sha256}; "
-            "the file is altered or truncated: restore it (git checkout -- models/)"
+            f"model {entry.name!r}: {path} has sha256 {actual}, the manifest says "
+            f"{entry.sha256}; the file is altered or truncated: restore it (git checkout -- "
+            "models/)"
         )
     return path
 
@@ -219,11 +224,12 @@ def locate(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.exists() or path.suffix or len(path.parts) > 1:
         return path
+    directory = models_dir()
     try:
-        entry = find_model(str(name_or_path))
+        entry = find_model(str(name_or_path), directory)
     except ModelError as err:
         raise ModelError(f"no file or run directory {path}, and {err}") from None
-    return model_path(entry.name)
+    return _checked_file(entry, directory)
 
 
 @dataclass(frozen=True)
