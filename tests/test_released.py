@@ -176,6 +176,38 @@ def test_released_gd_is_plain_gd_then_one_pull_back_step(linear_tasks: LinearTas
     assert all(torch.equal(plain[k], gd[k]) for k in gd)
 
 
+def test_each_released_piece_can_be_replaced_by_the_exact_one() -> None:
+    model, loss_fn, _, (xs, ys, xq, yq) = tiny_mlp_problem()
+    params = dict(model.named_parameters())
+    tasks = {"support": (xs, ys), "query": (xq, yq)}
+    gd, minres, released_cg = imaml.GD(STEPS, LR), imaml.MINRES(5), ReleasedCG(LAM)
+
+    def released(**pieces: Any) -> Tensor:
+        g, _ = released_gradient(loss_fn, params, *tasks.values(), lam=LAM, steps=STEPS, lr=LR,
+                                 **pieces)  # fmt: skip
+        return flatten(g)[0]
+
+    def composed(inner: Any, solver: Any) -> Tensor:
+        phi = imaml.adapt(loss_fn, params, (xs, ys), lam=LAM, inner=inner)
+        g, _ = imaml.implicit_gradient(loss_fn, params, phi, *tasks.values(), lam=LAM,
+                                       solver=solver)  # fmt: skip
+        return flatten(g)[0]
+
+    # Both replaced: exact iMAML's meta-gradient.
+    exact, _ = imaml.meta_gradient(loss_fn, params, *tasks.values(), lam=LAM, inner=gd,
+                                   solver=minres)  # fmt: skip
+    torch.testing.assert_close(released(inner=gd, solver=minres), flatten(exact)[0],
+                               rtol=1e-12, atol=1e-15)  # fmt: skip
+    # One replaced: the other is still the released one, and each differs from both pipelines.
+    only_solve = released(inner=gd)  # exact inner loop, released damped CG
+    only_inner = released(solver=minres)  # released inner loop, exact solve
+    torch.testing.assert_close(only_solve, composed(gd, released_cg), rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(only_inner, composed(ReleasedGD(STEPS, LR), minres), rtol=1e-12,
+                               atol=1e-15)  # fmt: skip
+    for a, b in [(only_solve, released()), (only_inner, released()), (only_solve, only_inner)]:
+        assert torch.linalg.norm(a - b) > 1e-3 * torch.linalg.norm(b)
+
+
 def test_damped_operator_on_a_dense_matrix() -> None:
     g = torch.Generator().manual_seed(0)
     m = torch.randn(6, 6, generator=g, dtype=torch.float64)
@@ -234,6 +266,28 @@ def test_the_config_builds_the_released_gradient() -> None:
     expected, _ = released_gradient(
         problem.loss_fn, params, (xs, ys), (xq, ys), lam=2.0, steps=2, lr=0.1, has_aux=True
     )
+    assert all(torch.equal(got[k], expected[k]) for k in expected)
+
+
+@pytest.mark.parametrize(
+    ("pieces", "inner", "solver"),
+    [
+        (["released.inner_loop=false", "inner.optimizer=hf"], imaml.HessianFree(2), None),
+        (["released.solve=false", "imaml.solver=minres"], None, imaml.MINRES(5)),
+    ],
+)
+def test_the_config_replaces_one_released_piece(pieces: list[str], inner: Any, solver: Any) -> None:
+    _, config = load_config("omniglot-5w1s-released", ["model.filters=2", "inner.steps=2", *pieces])
+    problem = build_problem(config)
+    g = torch.Generator().manual_seed(0)
+    xs, xq = (torch.rand(2, 5, 1, 28, 28, generator=g) for _ in range(2))
+    ys = torch.arange(5).expand(2, -1)
+    params = dict(problem.model.named_parameters())
+    got, _ = make_gradient_fn(config, problem)(params, TaskBatch(xs, ys, xq, ys))
+    expected, _ = released_gradient(
+        problem.loss_fn, params, (xs, ys), (xq, ys), lam=2.0, steps=2, lr=0.1, has_aux=True,
+        inner=inner, solver=solver,
+    )  # fmt: skip
     assert all(torch.equal(got[k], expected[k]) for k in expected)
 
 

@@ -9,7 +9,7 @@ A config is a TOML file with two top-level keys and seven tables::
     [model]  name, filters, downsample, hidden
     [inner]  optimizer, steps, lr, options
     [imaml]  lam, solver, solver_iters, solver_options
-    [released] cg_damping, lam_damping
+    [released] cg_damping, lam_damping, inner_loop, solve
     [train]  meta_steps, meta_batch, seed, outer_optimizer, outer_lr, adam_eps,
              outer_lr_milestones, outer_lr_gamma, chunk_size, log_every, val_every, val_tasks,
              checkpoint_every, init_from
@@ -141,15 +141,23 @@ class ImamlConfig:
 
 @dataclass
 class ReleasedConfig:
-    """The dampings of ``algorithm = "imaml-released"`` (:mod:`imaml.released`).
+    """The dampings and pieces of ``algorithm = "imaml-released"`` (:mod:`imaml.released`).
 
     Its operator is ``(1 + cg_damping)·v + Hv/(λ + lam_damping)`` with λ = ``imaml.lam``;
     the released code's ``--cg_damping`` (1.0 in its README) and ``Learner.matrix_evaluator``'s
     ``lam_damping`` (10).
+
+    ``inner_loop`` and ``solve`` (both true: the released pipeline) measure one released piece
+    at a time: ``inner_loop = false`` adapts as exact iMAML does instead (the ``[inner]``
+    optimizer on the proximal objective, no pull-back step), ``solve = false`` solves exact
+    iMAML's ``(I + H/λ) v = ∇L_q(φ)`` with ``imaml.solver`` instead of the damped CG. Both
+    false is exact iMAML (``algorithm = "imaml"``) but for the test-time adaptation at λ = 0.
     """
 
     cg_damping: float = 1.0
     lam_damping: float = 10.0
+    inner_loop: bool = True
+    solve: bool = True
 
 
 @dataclass
@@ -448,17 +456,18 @@ def _validate_options(
 
 
 def _validate_released(config: Config) -> None:
-    """The released iMAML code's pipeline runs GD inner steps and a CG solve of >= 2 steps."""
-    if config.inner.optimizer != "gd":
+    """The released inner loop takes GD steps, the released solve is CG of >= 2 steps."""
+    if config.released.inner_loop and config.inner.optimizer != "gd":
         raise ConfigError(
             "algorithm 'imaml-released' needs inner.optimizer 'gd' (the released code's only "
-            f"inner loop), got {config.inner.optimizer!r}"
+            f"inner loop), got {config.inner.optimizer!r}; released.inner_loop=false adapts "
+            "with it as exact iMAML does"
         )
-    if config.imaml.solver != "cg" or config.imaml.solver_iters < 2:
+    if config.released.solve and (config.imaml.solver != "cg" or config.imaml.solver_iters < 2):
         raise ConfigError(
             "algorithm 'imaml-released' needs imaml.solver 'cg' with imaml.solver_iters >= 2 "
             f"(the released code's solve), got {config.imaml.solver!r} with "
-            f"{config.imaml.solver_iters}"
+            f"{config.imaml.solver_iters}; released.solve=false solves with it as exact iMAML does"
         )
 
 

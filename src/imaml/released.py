@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from imaml import tree
 from imaml.diagnostics import Diagnostics
 from imaml.implicit import adapt, implicit_gradient
-from imaml.inner import GD
+from imaml.inner import GD, InnerOptimizer
 from imaml.objective import Objective
-from imaml.solvers import Solution, conjugate_gradient
+from imaml.solvers import LinearSolver, Solution, conjugate_gradient
 from imaml.types import MatVec, Params, ParamsLike, SplitLike, TaskLoss
 
 RESIDUAL_TOL = 1e-10
@@ -136,9 +136,17 @@ def released_gradient(
     cg_steps: int = 5,
     has_aux: bool = False,
     chunk_size: int | None = None,
+    inner: InnerOptimizer | None = None,
+    solver: LinearSolver | None = None,
 ) -> tuple[Params, Diagnostics]:
     """The released iMAML code's meta-gradient of B tasks: :class:`ReleasedGD` from θ, then
     :class:`ReleasedCG` in :func:`imaml.implicit_gradient`, vmapped over the tasks.
+
+    ``inner`` or ``solver`` replaces one of the two released pieces, to measure the other
+    alone: e.g. ``inner=GD(16, 0.1)`` adapts on the proximal objective as exact iMAML does (no
+    pull-back step), ``solver=MINRES(5)`` solves exact iMAML's ``(I + H/λ) v = ∇L_q(φ)``; with
+    both it is :func:`imaml.meta_gradient`. ``steps`` and ``lr`` then only define the released
+    inner loop, the dampings and ``cg_steps`` only the released solve.
 
     Args:
         loss_fn, params, support, query, has_aux, chunk_size: as in :func:`imaml.meta_gradient`
@@ -149,6 +157,9 @@ def released_gradient(
             default of ``Learner.matrix_evaluator``).
         cg_steps: CG iterations (``--cg_steps 5``); at least 2, since the released code skips
             the solve (takes the query gradient) at 1.
+        inner, solver: an inner optimizer (:class:`imaml.inner.InnerOptimizer`) and a linear
+            solver (:class:`imaml.solvers.LinearSolver`) in place of the released ones; None
+            (default): :class:`ReleasedGD` (``steps``, ``lr``), :class:`ReleasedCG`.
 
     Returns:
         ``(grads, info)``: the mean over tasks of the released gradient, shaped like
@@ -156,12 +167,14 @@ def released_gradient(
         (``inner_grad_norm``, ``inner_stationarity``) at λ, the solver ones of the damped
         operator.
     """
-    if not isinstance(cg_steps, int) or cg_steps < 2:
-        raise ValueError(
-            f"cg_steps must be an int >= 2, got {cg_steps!r} (at 1 the released code takes the "
-            "query gradient itself, which is first-order MAML at the released φ)"
-        )
-    solver = ReleasedCG(lam, cg_damping, lam_damping, cg_steps)
+    if solver is None:
+        if not isinstance(cg_steps, int) or cg_steps < 2:
+            raise ValueError(
+                f"cg_steps must be an int >= 2, got {cg_steps!r} (at 1 the released code takes "
+                "the query gradient itself, which is first-order MAML at the released φ)"
+            )
+        solver = ReleasedCG(lam, cg_damping, lam_damping, cg_steps)
+    inner = ReleasedGD(steps, lr) if inner is None else inner
     common = {"has_aux": has_aux, "chunk_size": chunk_size}
-    phi = adapt(loss_fn, params, support, lam=lam, inner=ReleasedGD(steps, lr), **common)
+    phi = adapt(loss_fn, params, support, lam=lam, inner=inner, **common)
     return implicit_gradient(loss_fn, params, phi, support, query, lam=lam, solver=solver, **common)

@@ -41,6 +41,8 @@ def _released(config: Config, problem: Problem) -> GradientFn:
         "cg_steps": config.imaml.solver_iters,
         "has_aux": problem.has_aux,
         "chunk_size": config.train.chunk_size or None,
+        "inner": None if config.released.inner_loop else build_inner(config.inner),
+        "solver": None if config.released.solve else build_solver(config),
     }
 
     def released_fn(params: Params, tasks: TaskBatch) -> tuple[Params, Diagnostics]:
@@ -102,7 +104,7 @@ ALGORITHMS: dict[str, Callable[[Config, Problem], GradientFn]] = {
 """The meta-gradients of ``algorithm``: name → ``(config, problem) -> GradientFn``.
 
 imaml: :func:`imaml.meta_gradient`; imaml-released: :func:`imaml.released.released_gradient`
-(the released code's pipeline, ``[released]`` dampings); maml / fomaml:
+(the released code's pipeline, ``[released]`` dampings and pieces); maml / fomaml:
 :func:`imaml.maml_gradient`; reptile: :func:`imaml.reptile_gradient` (θ − φ, adapted on the
 support set).
 """
