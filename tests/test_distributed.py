@@ -70,6 +70,24 @@ def test_two_processes_average_to_the_single_process_gradient():
             torch.testing.assert_close(out[rank][name], g, rtol=1e-12, atol=1e-14)
 
 
+def agree(rank: int, size: int, port: int, out: dict) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=size)
+    try:
+        world = World(rank=rank, size=size)
+        out[rank] = (world.all(True), world.all(rank == 0), world.all(rank == 1))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_flag_false_on_one_rank_is_false_on_every_rank():
+    # The trainer's divergence check: a NaN loss on one rank stops every rank, not just that one.
+    out = mp.Manager().dict()
+    mp.spawn(agree, args=(2, free_port(), out), nprocs=2, join=True)
+    assert dict(out) == {0: (True, False, False), 1: (True, False, False)}
+    assert World().all(True) and not World().all(False)
+
+
 def test_shards_cover_the_meta_batch_in_order():
     parts = [World(rank=r, size=4).shard(32) for r in range(4)]
     assert [(p.start, p.stop) for p in parts] == [(0, 8), (8, 16), (16, 24), (24, 32)]

@@ -86,6 +86,19 @@ class World:
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         return (flat[:-1] / flat[-1]).view_as(values)
 
+    def all(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on every rank (one ``all_reduce``); ``flag`` for one process.
+
+        Decisions that stop the loop (e.g. a non-finite loss on one rank) must be taken by all
+        ranks together, or the others wait forever in their next collective.
+        """
+        if not self.is_distributed:
+            return flag
+        device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces GPU tensors
+        value = torch.tensor([int(flag)], device=device)
+        dist.all_reduce(value, op=dist.ReduceOp.MIN)
+        return bool(value.item())
+
     def broadcast(self, tensors: list[Tensor]) -> None:
         """Overwrite ``tensors`` in place with rank 0's values."""
         if self.is_distributed:

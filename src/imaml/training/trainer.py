@@ -171,7 +171,7 @@ class Trainer:
         grads, info = self.gradient_fn(self.params, tasks)
         grads = self.world.mean(grads)  # the all-reduce across processes; identity for one
         meta_loss = info.get("query_loss", info["support_loss"]).mean()
-        if not all_finite(meta_loss, grads):
+        if not self.world.all(all_finite(meta_loss, grads)):  # every rank stops, or none
             raise Diverged(self.step + 1, self.saved_step, self.run.checkpoint)
         # From the config, every step: a resumed optimizer state holds the lr it was saved with.
         set_learning_rate(self.optimizer, outer_lr(cfg, self.step))
