@@ -73,8 +73,11 @@ def test_every_published_model_is_intact_and_fits_its_config() -> None:
             entry.dataset, entry.ways, entry.shots,
         )  # fmt: skip
         assert config.data.character_split == entry.character_split
-        algorithm = {"iMAML-GD": "imaml", "MAML": "maml", "first-order MAML": "fomaml"}
-        assert config.algorithm == algorithm[entry.algorithm]
+        algorithm = {  # the manifest's label: (config.algorithm, config.inner.optimizer)
+            "iMAML-GD": ("imaml", "gd"), "iMAML-HF": ("imaml", "hf"), "MAML": ("maml", "gd"),
+            "first-order MAML": ("fomaml", "gd"), "iMAML (released code)": ("imaml-released", "gd"),
+        }  # fmt: skip
+        assert (config.algorithm, config.inner.optimizer) == algorithm[entry.algorithm]
         assert 0.5 < entry.accuracy < 1 and 0 < entry.ci95 < 0.02 and entry.tasks == 600
         assert entry.config in bundled_configs()
         assert "imaml export runs/R/" in entry.train and entry.file in entry.train
