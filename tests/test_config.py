@@ -179,6 +179,14 @@ def test_unknown_key_lists_the_valid_ones() -> None:
             {"data": {"dataset": "miniimagenet", "character_split": "random"}},
             "data.character_split 'random' needs data.dataset 'omniglot'",
         ),
+        ({"data": {"random_rotation": True}}, "needs an image data set and data.rotations = false"),
+        (
+            {
+                "data": {"dataset": "sinusoid", "random_rotation": True, "rotations": False},
+                "model": {"name": "mlp"},
+            },
+            "data.random_rotation turns the images",
+        ),
         ({"train": {"outer_lr_gamma": 0.0}}, "train.outer_lr_gamma must be > 0"),
         ({"train": {"outer_lr_milestones": [0]}}, "must be increasing meta-steps > 0, got"),
         ({"train": {"outer_lr_milestones": [50, 50]}}, "must be increasing meta-steps > 0"),

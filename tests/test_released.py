@@ -241,6 +241,7 @@ def test_the_bundled_config_is_the_released_readmes_command_line() -> None:
     assert (config.released.cg_damping, config.released.lam_damping) == (1.0, 10.0)
     data = config.data
     assert (data.ways, data.shots, data.query_shots, data.task_pool) == (5, 1, 1, 200_000)
+    assert (data.rotations, data.random_rotation) == (False, True)  # dataset.py's rotations
     assert (data.character_split, data.train_split, config.train.val_every) == (
         "random", "trainval", 0,
     )  # fmt: skip

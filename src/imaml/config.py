@@ -4,8 +4,8 @@ A config is a TOML file with two top-level keys and seven tables::
 
     algorithm = "imaml"            # imaml | imaml-released | maml | fomaml | reptile
     description = "one line"
-    [data]   dataset, ways, shots, query_shots, image_size, rotations, train_split, val_split,
-             character_split, character_seed, task_pool
+    [data]   dataset, ways, shots, query_shots, image_size, rotations, random_rotation,
+             train_split, val_split, character_split, character_seed, task_pool
     [model]  name, filters, downsample, hidden
     [inner]  optimizer, steps, lr, options
     [imaml]  lam, solver, solver_iters, solver_options
@@ -69,6 +69,9 @@ class DataConfig:
     iMAML's protocol: test characters from training alphabets; :class:`imaml.data.Omniglot`).
     ``task_pool`` > 0 meta-trains on a fixed pool of that many tasks pre-sampled once, as the
     released iMAML code does (0: a fresh task every time; :class:`imaml.data.TaskSampler`).
+    ``rotations`` makes each character's rotations by 90, 180 and 270 degrees classes of their
+    own; ``random_rotation`` (with ``rotations = false``) instead turns each class of a task by
+    a random multiple of 90 degrees each time the task is drawn, as the released code does.
     """
 
     dataset: Literal["omniglot", "miniimagenet", "sinusoid"] = "omniglot"
@@ -77,6 +80,7 @@ class DataConfig:
     query_shots: int = 15
     image_size: int = 28
     rotations: bool = True
+    random_rotation: bool = False
     train_split: Split = "train"
     val_split: Split = "val"
     character_split: Literal["vinyals", "random"] = "vinyals"
@@ -419,6 +423,11 @@ def _validate(config: Config) -> Config:
         raise ConfigError(
             f"data.character_split {config.data.character_split!r} needs data.dataset 'omniglot'"
             f" (got {config.data.dataset!r}, whose splits are fixed); remove it"
+        )
+    if config.data.random_rotation and (config.data.rotations or config.data.dataset == "sinusoid"):
+        raise ConfigError(
+            "data.random_rotation turns the images of a task's classes, so it needs an image data "
+            "set and data.rotations = false (rotated copies as classes of their own)"
         )
     milestones = config.train.outer_lr_milestones
     if any(m < 1 for m in milestones) or milestones != sorted(set(milestones)):

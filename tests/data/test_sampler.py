@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from imaml.data import ImageDataset, TaskSampler, task_generator
+from imaml.data import ImageDataset, TaskBatch, TaskSampler, task_generator
 
 
 def coded_dataset(num_classes: int = 40, per_class: int = 20, side: int = 3) -> ImageDataset:
@@ -174,6 +174,62 @@ def test_a_pooled_run_resumes_and_shards_to_the_same_tasks(world_size: int):
     assert_same(bigger.sample_tasks([4]), first.sample_tasks([4]))
 
 
+def random_dataset(num_classes: int = 12, per_class: int = 6, side: int = 4) -> ImageDataset:
+    """Random images: no two alike, and none unchanged by a quarter turn."""
+    rng = np.random.default_rng(0)
+    return ImageDataset(rng.integers(0, 256, (num_classes, per_class, 1, side, side), np.uint8))
+
+
+def turned_tasks(sampler: TaskSampler, indices: list[int], keys: list[int]) -> TaskBatch:
+    """The tasks, built image by image with np.rot90 from task_indices and quarter_turns."""
+    classes, picks = sampler.task_indices(indices)
+    turns = sampler.quarter_turns(keys)
+    images = sampler.dataset.images
+    parts = [[], []]
+    for b in range(len(indices)):
+        for j in range(sampler.ways):
+            for n, image in enumerate(picks[b, j]):
+                turned = np.rot90(images[classes[b, j], image], turns[b, j], axes=(1, 2))
+                parts[n >= sampler.shots].append(turned.astype(np.float32) / np.float32(255))
+    shape = (len(indices), -1, *images.shape[2:])
+    xs, xq = (torch.from_numpy(np.stack(p)).view(shape) for p in parts)
+    plain = TaskSampler(sampler.dataset, sampler.ways, sampler.shots, sampler.query_shots)
+    _, ys, _, yq = plain.sample_tasks(indices)
+    return TaskBatch(xs, ys, xq, yq)
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_random_rotation_turns_each_class_of_a_draw(device: str):
+    sampler = TaskSampler(random_dataset(), 3, 2, 2, seed=4, random_rotation=True, device=device)
+    if device == "meta":
+        xs, _, xq, _ = sampler.sample_tasks([0, 1])
+        assert xs.shape == (2, 6, 1, 4, 4) and xq.shape == (2, 6, 1, 4, 4)
+        return
+    # By default a task's turns are keyed by its index; given keys, by those keys.
+    assert_same(sampler.sample_tasks([3, 0, 7]), turned_tasks(sampler, [3, 0, 7], [3, 0, 7]))
+    assert_same(sampler.sample_tasks([3, 3], [5, 9]), turned_tasks(sampler, [3, 3], [5, 9]))
+    # The classes and images are those of the sampler without rotation.
+    plain = TaskSampler(random_dataset(), 3, 2, 2, seed=4)
+    assert np.array_equal(sampler.task_indices([3])[0], plain.task_indices([3])[0])
+    turns = sampler.quarter_turns(range(4000))
+    assert turns.shape == (4000, 3) and np.abs(np.bincount(turns.ravel()) - 3000).max() < 200
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_a_pool_task_drawn_twice_is_turned_anew(world_size: int):
+    sampler = TaskSampler(random_dataset(), 3, 1, 1, seed=2, pool=3, random_rotation=True)
+    positions = list(range(5 * 8, 6 * 8))
+    tasks = sampler.pool_indices(positions).tolist()
+    shards = [sampler.sample(8, step=5, rank=r, world_size=world_size) for r in range(world_size)]
+    batch = TaskBatch(*(torch.cat(parts) for parts in zip(*shards, strict=True)))
+    assert_same(batch, turned_tasks(sampler, tasks, positions))
+    repeated = [p for p in range(8) if tasks[p] in tasks[:p]]  # 8 draws from a pool of 3
+    turns = sampler.quarter_turns(positions)
+    assert repeated and any(
+        not np.array_equal(turns[p], turns[tasks.index(tasks[p])]) for p in repeated
+    )
+
+
 def test_task_generator_is_keyed_by_seed_and_index():
     draw = [task_generator(s, i).random(4) for s, i in [(0, 0), (0, 1), (1, 0), (0, 0)]]
     assert np.array_equal(draw[0], draw[3])
@@ -235,6 +291,11 @@ def test_bad_arguments_raise_clear_errors():
         TaskSampler(dataset, 5, 1, 1, pool=-1)
     with pytest.raises(ValueError, match="no task pool"):
         sampler.pool_indices([0])
+    with pytest.raises(ValueError, match="2 rotation keys given for 1 tasks"):
+        TaskSampler(dataset, 5, 1, 1, random_rotation=True).sample_tasks([0], [1, 2])
+    with pytest.raises(ValueError, match="random_rotation needs a data set of square images"):
+        wide = ImageDataset(np.zeros((6, 4, 1, 2, 3), np.uint8))
+        TaskSampler(wide, 2, 1, 1, random_rotation=True)
     with pytest.raises(ValueError, match="uint8"):
         ImageDataset(np.zeros((2, 3, 1, 2, 2), np.float32))
     with pytest.raises(ValueError, match="3 class names given for 2 classes"):

@@ -25,6 +25,17 @@ def test_the_configs_character_split_picks_omniglots_characters(
     assert vinyals.character_split == "vinyals" and vinyals.character_ids.min() == 1201
 
 
+def test_the_released_config_turns_the_classes_of_unrotated_characters(
+    tmp_path: Path, omniglot_root: Path
+) -> None:
+    config = load_config("omniglot-5w1s-released")[1]
+    sampler = build_sampler(config, "trainval", DataSource(omniglot_root, cache_dir=tmp_path), 0)
+    assert sampler.random_rotation and sampler.pool == 200_000
+    assert sampler.dataset.num_classes == 1200 and not sampler.dataset.rotations
+    assert sampler.sample(32).xs.shape == (32, 5, 1, 28, 28)
+    assert set(sampler.quarter_turns(range(32)).ravel().tolist()) == {0, 1, 2, 3}
+
+
 def test_held_out_sinusoid_tasks_differ_from_training_tasks() -> None:
     config = tiny()
     train_tasks = build_sampler(config, "train", SOURCE, seed=0).sample_tasks(range(4))

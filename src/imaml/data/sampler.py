@@ -7,7 +7,9 @@ the tasks ``k * meta_batch, ..., (k + 1) * meta_batch - 1`` and can hand each of
 ranks its contiguous share of them. With a task pool of P tasks, the task at each of those
 positions is instead task ``j`` (``0 <= j < P``) of the sampler, ``j`` drawn uniformly per
 position from a stream of its own (:meth:`TaskSampler.pool_indices`): a fixed set of tasks
-pre-sampled once, as the released iMAML code trains (examples/README.md: 200,000).
+pre-sampled once, as the released iMAML code trains (examples/README.md: 200,000). With
+``random_rotation``, each class of a task is turned by a random multiple of 90 degrees at each
+draw, from a third stream keyed by (seed, position), as the released code loads its tasks.
 """
 
 from __future__ import annotations
@@ -57,11 +59,21 @@ def task_generator(seed: int, index: int) -> np.random.Generator:
     return np.random.Generator(np.random.Philox(key=(seed << 64) | index))
 
 
+def _derived_seed(seed: int, purpose: str) -> int:
+    digest = hashlib.sha256(f"imaml:{purpose}:{seed}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
 def pool_seed(seed: int) -> int:
     """The seed of the pool-index streams of a sampler with ``seed``: derived from it by hash,
     so that they are independent of its task streams."""
-    digest = hashlib.sha256(f"imaml:task-pool:{seed}".encode()).digest()
-    return int.from_bytes(digest[:8], "little")
+    return _derived_seed(seed, "task-pool")
+
+
+def rotation_seed(seed: int) -> int:
+    """The seed of the random-rotation streams of a sampler with ``seed``: derived from it by
+    hash, so that they are independent of its task and pool streams."""
+    return _derived_seed(seed, "rotation")
 
 
 class TaskSampler:
@@ -89,6 +101,15 @@ class TaskSampler:
     fills each position is a pure function of (seed, position), so resumed and distributed runs
     draw the same tasks. :meth:`sample_tasks` is not affected.
 
+    Random rotation: with ``random_rotation``, the images of each class of a task are turned
+    counterclockwise by ``90 * k`` degrees, ``k`` uniform in {0, 1, 2, 3} per class and drawn
+    afresh at each draw (:meth:`quarter_turns`), as the released iMAML code's
+    ``OmniglotFewShotDataset.__getitem__`` (implicit_maml/dataset.py) rotates a pre-sampled task
+    each time it loads it: in :meth:`sample` the draw is the meta-batch position, so a pool task
+    drawn twice is rotated anew; in :meth:`sample_tasks` it is the task index unless
+    ``rotation_keys`` are given. Support and query images of a class share its turn. Use it on
+    a data set without rotated copies as classes (``Omniglot(rotations=False)``).
+
     Args:
         dataset: an :class:`ImageDataset` (Omniglot, MiniImageNet, ...) or a :class:`Sinusoid`.
         ways: classes per task (ignored for regression; pass 1).
@@ -97,12 +118,15 @@ class TaskSampler:
         seed: in [0, 2**64); fixes every task.
         pool: the number of pre-sampled tasks :meth:`sample` draws from; 0 (default) draws a
             fresh task at every position.
+        random_rotation: turn each class of a task by a random multiple of 90 degrees per draw
+            (square images only).
         device: where batches are produced. For an image data set on a non-CPU device, the whole
             uint8 image array is copied there once, at construction.
 
     Raises:
         ValueError: a count below 1, ``ways`` above the number of classes,
-            ``shots + query_shots`` above the images per class, or a negative ``pool``.
+            ``shots + query_shots`` above the images per class, a negative ``pool``, or
+            ``random_rotation`` for a regression data set or non-square images.
     """
 
     def __init__(
@@ -114,6 +138,7 @@ class TaskSampler:
         seed: int = 0,
         device: torch.device | str | None = None,
         pool: int = 0,
+        random_rotation: bool = False,
     ) -> None:
         for name, value in {"ways": ways, "shots": shots, "query_shots": query_shots}.items():
             if value < 1:
@@ -121,7 +146,12 @@ class TaskSampler:
         if not isinstance(pool, int) or pool < 0:
             raise ValueError(f"pool must be an int >= 0 (0: no pool), got {pool!r}")
         _check_u64("seed", seed)
+        if random_rotation and not (
+            isinstance(dataset, ImageDataset) and dataset.image_shape[1] == dataset.image_shape[2]
+        ):
+            raise ValueError(f"random_rotation needs a data set of square images, not {dataset!r}")
         self.pool = pool
+        self.random_rotation = random_rotation
         self.dataset = dataset
         self.ways = ways
         self.shots = shots
@@ -177,8 +207,23 @@ class TaskSampler:
             [task_generator(stream, int(t)).integers(self.pool) for t in positions], np.int64
         )
 
-    def sample_tasks(self, indices: Iterable[int]) -> TaskBatch:
-        """Return the tasks with the given global indices, in that order (B = len(indices))."""
+    def quarter_turns(self, keys: Iterable[int]) -> np.ndarray:
+        """The counterclockwise quarter turns (int64 (B, ways), each in {0, 1, 2, 3}) of the
+        classes of the draws with the given keys, from the streams
+        ``task_generator(rotation_seed(seed), key)``; used with ``random_rotation``."""
+        stream = rotation_seed(self.seed)
+        return np.array(
+            [task_generator(stream, int(k)).integers(4, size=self.ways) for k in keys], np.int64
+        ).reshape(-1, self.ways)
+
+    def sample_tasks(
+        self, indices: Iterable[int], rotation_keys: Iterable[int] | None = None
+    ) -> TaskBatch:
+        """Return the tasks with the given global indices, in that order (B = len(indices)).
+
+        With ``random_rotation``, ``rotation_keys`` (one per task, default: the indices) key the
+        classes' turns (:meth:`quarter_turns`); :meth:`sample` passes the positions.
+        """
         indices = [int(i) for i in indices]
         if not indices:
             raise ValueError("no task indices given")
@@ -186,10 +231,16 @@ class TaskSampler:
             return self._regression(self.dataset, indices)
         classes, picks = self.task_indices(indices)
         flat = classes[..., None] * self.dataset.images_per_class + picks
+        turns = None
+        if self.random_rotation:
+            keys = indices if rotation_keys is None else [int(k) for k in rotation_keys]
+            if len(keys) != len(indices):
+                raise ValueError(f"{len(keys)} rotation keys given for {len(indices)} tasks")
+            turns = self.quarter_turns(keys)
         return TaskBatch(
-            self._gather(flat[..., : self.shots]),
+            self._gather(flat[..., : self.shots], turns),
             self._labels(len(indices), self.shots),
-            self._gather(flat[..., self.shots :]),
+            self._gather(flat[..., self.shots :], turns),
             self._labels(len(indices), self.query_shots),
         )
 
@@ -242,7 +293,8 @@ class TaskSampler:
         per_rank = meta_batch // world_size
         start = step * meta_batch + rank * per_rank
         positions = range(start, start + per_rank)
-        batch = self.sample_tasks(self.pool_indices(positions) if self.pool else positions)
+        tasks = self.pool_indices(positions) if self.pool else positions
+        batch = self.sample_tasks(tasks, rotation_keys=positions)
         self.step = step + 1
         return batch
 
@@ -257,16 +309,25 @@ class TaskSampler:
         self.seed = state["seed"]
         self.step = state["step"]
 
-    def _gather(self, flat: np.ndarray) -> torch.Tensor:
-        """Images at flat indices (B, ways, n) as float32 (B, ways * n, C, H, W) in [0, 1]."""
+    def _gather(self, flat: np.ndarray, turns: np.ndarray | None = None) -> torch.Tensor:
+        """Images at flat indices (B, ways, n) as float32 (B, ways * n, C, H, W) in [0, 1], those
+        of class ``(b, j)`` turned by ``turns[b, j]`` quarter turns if given."""
         shape = (len(flat), -1, *self._images.shape[1:])
         if isinstance(self._images, np.ndarray):
             images = self._images[flat.reshape(-1)].astype(np.float32)
             images /= np.float32(255)
-            return torch.from_numpy(images).view(shape)
-        index = torch.from_numpy(flat.reshape(-1)).to(self.device)
-        pixels = self._images.index_select(0, index).view(shape).long()
-        return self._pixel_values[pixels]
+            pixels = torch.from_numpy(images)
+        else:
+            index = torch.from_numpy(flat.reshape(-1)).to(self.device)
+            pixels = self._pixel_values[self._images.index_select(0, index).long()]
+        if turns is not None:
+            pixels = pixels.view(*flat.shape, *pixels.shape[1:])
+            turn = torch.from_numpy(turns).to(self.device).view(*turns.shape, 1, 1, 1, 1)
+            turned = pixels
+            for k in range(1, 4):
+                turned = torch.where(turn == k, torch.rot90(pixels, k, dims=(-2, -1)), turned)
+            pixels = turned
+        return pixels.reshape(shape)
 
     def _labels(self, count: int, per_class: int) -> torch.Tensor:
         """Labels (count, ways * per_class): [0] * per_class + [1] * per_class + ..."""

@@ -213,7 +213,8 @@ def build_sampler(
 
     With ``data.task_pool`` > 0 its meta-steps (:meth:`TaskSampler.sample`, what training
     draws) come from that many fixed tasks; evaluation's :meth:`TaskSampler.sample_tasks`
-    does not use the pool.
+    does not use the pool. ``data.random_rotation`` turns each class of a task by a random
+    multiple of 90 degrees at each draw.
 
     Raises:
         DatasetNotFoundError: the data set is not under ``source.root`` (the message says how
@@ -232,7 +233,7 @@ def build_sampler(
     try:
         return TaskSampler(
             dataset, data.ways, data.shots, data.query_shots, split_seed(seed, split), device,
-            pool=data.task_pool,
+            pool=data.task_pool, random_rotation=data.random_rotation,
         )  # fmt: skip
     except ValueError as err:
         raise ConfigError(f"data ({split} split): {err}") from None
