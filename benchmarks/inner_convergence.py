@@ -8,7 +8,9 @@ run for each number of ``--steps``, and prints the means over tasks of the proxi
 ``f(φ) = L_s(φ) + (λ/2)‖φ − θ‖²``, the support loss, ‖∇f(φ)‖ (0 at the exact minimizer φ*
 that iMAML's meta-gradient formula is derived at), ‖φ − θ‖, the query metric of φ, and the
 extreme eigenvalues of the Hessian ∇²f(φ) (20 Lanczos steps; GD with step lr cannot settle
-where lr·λ_max > 2, and φ is no minimizer where λ_min < 0). The
+where lr·λ_max > 2, and φ is no minimizer where λ_min < 0), then the median and the smallest
+over tasks of the stationarity ‖∇f(φ)‖ / (λ‖φ − θ‖) (0 at φ*, 1 where ∇L_s(φ) = 0: a task
+that an early stop at a stationarity tolerance would end has a small one). The
 row with the config's own number of steps is what training and ``imaml eval`` use; rows with
 many steps approach φ* where the inner optimizer converges.
 """
@@ -44,11 +46,15 @@ def main() -> None:
             f"{model.path} (step {model.step}), {args.tasks} {args.split} tasks, "
             f"λ = {base.lam}, inner: {model.config.inner}"
         )
-        columns = ("f(φ)", "L_s(φ)", "‖∇f(φ)‖", "‖φ−θ‖", metric, "λ_min(∇²f)", "λ_max(∇²f)")
+        columns = (
+            "f(φ)", "L_s(φ)", "‖∇f(φ)‖", "‖φ−θ‖", metric, "λ_min(∇²f)", "λ_max(∇²f)",
+            "stat. med", "stat. min",
+        )  # fmt: skip
         print_header("steps", columns)
     for steps in (int(k) for k in args.steps.split(",")):
         adaptation = replace(base, inner=build_inner(model.config.inner, steps))
         out = inner_progress(model.problem, model.params, tasks, adaptation)
+        stationarity = out.grad_norm / (adaptation.lam * out.distance)
         row = {
             "steps": steps,
             "objective": out.objective.mean().item(),
@@ -58,6 +64,8 @@ def main() -> None:
             metric: out.query_metric.mean().item(),
             "min_curvature": out.min_curvature.mean().item(),
             "max_curvature": out.max_curvature.mean().item(),
+            "stationarity_median": stationarity.median().item(),
+            "stationarity_min": stationarity.min().item(),
         }
         print_row(row, args.json)
 

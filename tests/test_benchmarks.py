@@ -121,6 +121,7 @@ def test_inner_convergence_script_sweeps_a_checkpoints_inner_steps(tmp_path: Pat
     assert [r["steps"] for r in rows] == [0, 5]
     assert rows[0]["distance"] == 0 and rows[0]["objective"] == rows[0]["support_loss"]
     assert 0 < rows[1]["distance"] and rows[1]["objective"] < rows[0]["objective"]
+    assert 0 < rows[1]["stationarity_min"] <= rows[1]["stationarity_median"] < float("inf")
 
 
 def test_implicit_correction_script_compares_solver_iterations(tmp_path: Path) -> None:

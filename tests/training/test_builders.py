@@ -47,6 +47,12 @@ def test_held_out_sinusoid_tasks_differ_from_training_tasks() -> None:
 # -- --data-dir: the folder holding the data sets, or a data set's own folder ---------------------
 
 
+def test_a_data_source_takes_paths_as_strings(tmp_path: Path) -> None:
+    source = DataSource(str(tmp_path), cache_dir=str(tmp_path / "cache"))
+    assert source == DataSource(tmp_path, tmp_path / "cache")
+    assert source.dataset_root("omniglot") == tmp_path / "omniglot"
+
+
 def test_data_dir_may_be_the_data_sets_own_folder(tmp_path: Path) -> None:
     (tmp_path / "omniglot").mkdir()
     assert DataSource(tmp_path).dataset_root("omniglot") == tmp_path / "omniglot"

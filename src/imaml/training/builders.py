@@ -137,12 +137,17 @@ class DataSource:
     ``root`` holds one folder per data set (``omniglot/``, ``miniimagenet/``), or is the
     folder of one (:meth:`dataset_root`); resized copies are cached in ``cache_dir`` (None:
     :func:`imaml.data.default_cache_dir`); ``download`` fetches missing files where the data
-    set allows it.
+    set allows it. Paths may be given as strings.
     """
 
     root: Path
     cache_dir: Path | None = None
     download: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+        if self.cache_dir is not None:
+            object.__setattr__(self, "cache_dir", Path(self.cache_dir))
 
     def dataset_root(self, dataset: str) -> Path:
         """The folder of ``dataset``: ``root/dataset``, or ``root`` itself when it is named
