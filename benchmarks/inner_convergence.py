@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from _checkpoint_cli import checkpoint_parser, print_header, print_row
+from imaml.diagnostics import inner_stationarity
 from imaml.training import (
     Adaptation,
     DataSource,
@@ -54,7 +55,7 @@ def main() -> None:
     for steps in (int(k) for k in args.steps.split(",")):
         adaptation = replace(base, inner=build_inner(model.config.inner, steps))
         out = inner_progress(model.problem, model.params, tasks, adaptation)
-        stationarity = out.grad_norm / (adaptation.lam * out.distance)
+        stationarity = inner_stationarity(out.grad_norm, out.distance, adaptation.lam)
         row = {
             "steps": steps,
             "objective": out.objective.mean().item(),

@@ -15,6 +15,13 @@ from dataclasses import dataclass, field
 from torch import Tensor
 
 
+def inner_stationarity(grad_norm: Tensor, distance: Tensor, lam: float) -> Tensor:
+    """``‖∇f(φ)‖ / (λ‖φ − θ‖)`` per task, from (B,) ``grad_norm`` and ``distance``: 0 at the
+    proximal minimizer, near 1 where the support gradient has vanished, ``inf`` at φ = θ
+    (:attr:`Diagnostics.inner_stationarity`)."""
+    return grad_norm / (lam * distance)
+
+
 @dataclass(frozen=True, eq=False)
 class Diagnostics(Mapping[str, Tensor]):
     """Per-task diagnostics of a meta-batch of B tasks: every tensor has shape (B,).

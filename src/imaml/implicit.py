@@ -24,7 +24,7 @@ from torch.func import vmap
 from imaml import tree
 from imaml._batching import adapt_tasks, cache_chunk, query_gradients, task_mean
 from imaml._checks import check_adapted, check_lam, prepare
-from imaml.diagnostics import Diagnostics
+from imaml.diagnostics import Diagnostics, inner_stationarity
 from imaml.inner import InnerOptimizer
 from imaml.objective import Objective
 from imaml.solvers import LinearSolver
@@ -198,7 +198,7 @@ def _implicit_gradient(
         query_loss=q_loss,
         inner_grad_norm=inner_grad_norm,
         inner_distance=distance,
-        inner_stationarity=inner_grad_norm / (lam * distance),
+        inner_stationarity=inner_stationarity(inner_grad_norm, distance, lam),
         solver_residual=residual,
         solver_min_curvature=min_curv,
         solver_max_curvature=max_curv,
