@@ -64,7 +64,8 @@ def test_the_readme_is_a_product_page_with_every_published_model() -> None:
         ]
         assert cells[5] == entry.paper
         assert cells[6] == f"{100 * entry.accuracy:.2f} ± {100 * entry.ci95:.2f}"
-        assert cells[7] == f"{entry.meta_steps:,} ({entry.config_meta_steps:,})"
+        assert cells[7] == f"{100 * entry.k_query_accuracy:.2f} ± {100 * entry.k_query_ci95:.2f}"
+        assert cells[8] == f"{entry.meta_steps:,} ({entry.config_meta_steps:,})"
     assert len(table) == len(zoo.list_models())
     for word in ("paused", "in progress", "git show"):
         assert word not in text.lower()

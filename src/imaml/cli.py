@@ -340,7 +340,9 @@ def _models(args: argparse.Namespace) -> int:
         print(
             f"{e.name:<{width}}  {e.dataset} {e.ways}-way {e.shots}-shot, {e.algorithm}, "
             f"{e.character_split} split: {100 * e.accuracy:.2f} ± {100 * e.ci95:.2f} % "
-            f"({e.meta_steps:,} meta-steps; paper {e.paper})"
+            f"({100 * e.k_query_accuracy:.2f} ± {100 * e.k_query_ci95:.2f} % with {e.shots} "
+            f"{'query' if e.shots == 1 else 'queries'} per class; {e.meta_steps:,} meta-steps; "
+            f"paper {e.paper})"
         )
     return 0
 

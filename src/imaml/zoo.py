@@ -116,10 +116,14 @@ class ModelEntry:
     """One published model of the manifest.
 
     ``accuracy`` and ``ci95`` are fractions (mean test accuracy over ``tasks`` tasks and its
-    95% CI, 1.96·std/√tasks), as ``imaml eval NAME`` prints them; ``paper`` is the paper's
-    figure for the setting and algorithm; ``meta_steps`` those of the model, beside the
-    ``config_meta_steps`` its config plans; ``config`` is the bundled config it was trained
-    from and ``train`` the commands, one a line, that made it.
+    95% CI, 1.96·std/√tasks), as ``imaml eval NAME`` prints them: with the query images per
+    class of the model's config (15; 1 for the released code's pipeline).
+    ``k_query_accuracy`` and ``k_query_ci95`` are the same with K query images per class at
+    K-shot (``imaml eval NAME --set data.query_shots=K``), the protocol of MAML's and iMAML's
+    code, which the ``paper`` figure for the setting and algorithm comes from.
+    ``meta_steps`` are those of the model, beside the ``config_meta_steps`` its config plans;
+    ``config`` is the bundled config it was trained from and ``train`` the commands, one a
+    line, that made it.
     """
 
     name: str
@@ -133,6 +137,8 @@ class ModelEntry:
     character_split: str
     accuracy: float
     ci95: float
+    k_query_accuracy: float
+    k_query_ci95: float
     tasks: int
     meta_steps: int
     config_meta_steps: int
