@@ -75,6 +75,22 @@ def test_batch_matches_task_indices():
     assert torch.equal(xq, images[:, :, 2:].reshape(xq.shape))
 
 
+def test_fewer_query_shots_keep_the_support_set_and_the_first_query_images():
+    """The papers' 1-query test is the first query image per class of the 15-query one, on the
+    same classes and support images (docs/results.md, "The papers' query size")."""
+    many = TaskSampler(coded_dataset(), ways=5, shots=1, query_shots=15, seed=2).sample_tasks(
+        range(6)
+    )
+    for q in (1, 3):
+        few = TaskSampler(coded_dataset(), ways=5, shots=1, query_shots=q, seed=2).sample_tasks(
+            range(6)
+        )
+        assert torch.equal(few.xs, many.xs) and torch.equal(few.ys, many.ys)
+        first = many.xq.view(6, 5, 15, *many.xq.shape[2:])[:, :, :q].reshape(few.xq.shape)
+        assert torch.equal(few.xq, first)
+        assert torch.equal(few.yq, many.yq.view(6, 5, 15)[:, :, :q].reshape(6, -1))
+
+
 def test_class_to_label_assignment_is_shuffled_and_uniform():
     sampler = TaskSampler(coded_dataset(num_classes=10), 5, 1, 1, seed=0)
     classes, _ = sampler.task_indices(range(4000))
