@@ -117,7 +117,7 @@ class ModelEntry:
 
     ``accuracy`` and ``ci95`` are fractions (mean test accuracy over ``tasks`` tasks and its
     95% CI, 1.96·std/√tasks), as ``imaml eval NAME`` prints them: with the query images per
-    class of the model's config (15; 1 for the released code's pipeline).
+    class of the model's config (``data.query_shots``).
     ``k_query_accuracy`` and ``k_query_ci95`` are the same with K query images per class at
     K-shot (``imaml eval NAME --set data.query_shots=K``), the protocol of MAML's and iMAML's
     code, which the ``paper`` figure for the setting and algorithm comes from.
