@@ -146,6 +146,8 @@ def test_overrides_take_the_fields_type() -> None:
         ("imaml.solver_options.alpha=1.0", "imaml.solver_options.alpha is not an option of imaml"),
         ("inner.cg_iters=3", "inner.cg_iters applies to inner.optimizer 'hf' only, not 'adam'"),
         ("train.adam_eps=-1.0", "train.adam_eps must be >= 0"),
+        ("eval.query_batch_shots=3", "eval.query_batch_shots must divide data.query_shots = 10"),
+        ("eval.query_batch_shots=-1", "eval.query_batch_shots must be >= 0"),
         ("data.rotations=1", "data.rotations must be a boolean"),
         ("data.character_split=alphabets", "data.character_split must be one of 'vinyals', 'r"),
         ("model.hidden=[4, 'x']", "model.hidden[1] must be an integer"),

@@ -13,7 +13,7 @@ A config is a TOML file with two top-level keys and seven tables::
     [train]  meta_steps, meta_batch, seed, outer_optimizer, outer_lr, adam_eps,
              outer_lr_milestones, outer_lr_gamma, chunk_size, log_every, val_every, val_tasks,
              checkpoint_every, init_from
-    [eval]   tasks, batch, inner_steps, split, at_end
+    [eval]   tasks, batch, inner_steps, split, at_end, query_batch_shots
 
 Every key has a default (:class:`Config`), so a file states only what it changes. Unknown keys
 and values of the wrong type raise :class:`ConfigError`, naming the key and what is allowed.
@@ -203,6 +203,9 @@ class EvalConfig:
 
     ``inner_steps`` = 0 adapts with the training number of inner steps. With ``at_end``,
     training ends by evaluating the meta-learned and the initial parameters on ``split``.
+    ``query_batch_shots`` = k > 0 scores each task's query set in forward passes of k images
+    per class (a divisor of ``data.query_shots``; 1: BatchNorm sees the released code's 1-query
+    batches); 0 scores it in one pass. Validation during training always uses one pass.
     """
 
     tasks: int = 600
@@ -210,6 +213,7 @@ class EvalConfig:
     inner_steps: int = 0
     split: Split = "test"
     at_end: bool = False
+    query_batch_shots: int = 0
 
 
 @dataclass
@@ -253,7 +257,7 @@ _POSITIVE = {
 _NON_NEGATIVE = {
     "inner.steps", "imaml.lam", "train.meta_steps", "train.seed", "train.chunk_size",
     "train.val_every", "eval.inner_steps", "data.task_pool", "released.cg_damping",
-    "released.lam_damping", "train.adam_eps",
+    "released.lam_damping", "train.adam_eps", "eval.query_batch_shots",
 }  # fmt: skip
 
 
@@ -428,6 +432,11 @@ def _validate(config: Config) -> Config:
         raise ConfigError(
             "data.random_rotation turns the images of a task's classes, so it needs an image data "
             "set and data.rotations = false (rotated copies as classes of their own)"
+        )
+    group, query_shots = config.eval.query_batch_shots, config.data.query_shots
+    if group and query_shots % group:
+        raise ConfigError(
+            f"eval.query_batch_shots must divide data.query_shots = {query_shots}, got {group}"
         )
     milestones = config.train.outer_lr_milestones
     if any(m < 1 for m in milestones) or milestones != sorted(set(milestones)):

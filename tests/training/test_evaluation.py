@@ -1,17 +1,28 @@
-"""Meta-test: batched evaluation and its results as metrics records."""
+"""Meta-test: batched evaluation, query sets scored in groups, and results as metrics records."""
 
 from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 import imaml
-from imaml import _batching
-from imaml.training import Adaptation, EvalResult, build_problem, build_sampler, evaluate
+from imaml import _batching, checkpoint
+from imaml.config import load_config
+from imaml.training import (
+    Adaptation,
+    DataSource,
+    EvalResult,
+    build_problem,
+    build_sampler,
+    evaluate,
+    evaluate_checkpoint,
+)
 from imaml.training.builders import build_inner
+from imaml.training.evaluation import query_groups
 from training.helpers import SOURCE, tiny
 
 
@@ -47,3 +58,74 @@ def test_eval_results_round_trip_through_their_metrics_records() -> None:
     ):
         record = json.loads(json.dumps({"step": 7, "split": "val", **result.to_dict(), "best": 1}))
         assert EvalResult.from_dict(record) == result
+
+
+def test_query_groups_hold_the_same_shot_of_every_class() -> None:
+    ways, shots, k = 3, 4, 2
+    yq = torch.arange(ways).repeat_interleave(shots).expand(2, -1)  # as the sampler lays it out
+    xq = torch.arange(2 * ways * shots, dtype=torch.float32).reshape(2, ways * shots, 1)
+    gx, gy = query_groups(xq, yq, shots, k)
+    assert gx.shape == (2, shots // k, ways * k, 1) and gy.shape == (2, shots // k, ways * k)
+    assert gy[0, 1].tolist() == [0, 0, 1, 1, 2, 2]
+    # Group g, class c: the class's query images g·k .. g·k + k - 1.
+    assert gx[1, 1, :, 0].tolist() == [x + 12 for x in (2, 3, 6, 7, 10, 11)]
+    assert torch.equal(query_groups(xq, yq, shots, shots)[0], xq[:, None])
+    with pytest.raises(ValueError, match="3 query shots per group do not divide 4"):
+        query_groups(xq, yq, shots, 3)
+
+
+def test_grouped_scoring_of_a_model_without_batchnorm_changes_nothing() -> None:
+    config = tiny("eval.inner_steps=3")
+    problem = build_problem(config)  # an MLP: each point's prediction is its own
+    params = {k: v.detach() for k, v in problem.model.named_parameters()}
+    sampler = build_sampler(config, "test", SOURCE, seed=0)
+    adaptation = Adaptation.of(config)
+    whole = evaluate(problem, params, sampler, adaptation, tasks=4, batch=2)
+    for k in (1, 5):
+        grouped = evaluate(problem, params, sampler, adaptation, tasks=4, batch=2,
+                           query_batch_shots=k)  # fmt: skip
+        assert grouped.to_dict() == pytest.approx(whole.to_dict(), rel=1e-5)
+
+
+def test_grouped_scoring_runs_one_batchnorm_batch_per_group(
+    tmp_path: Path, omniglot_root: Path
+) -> None:
+    overrides = ["model.filters=8", "inner.steps=2", "data.query_shots=4", "eval.batch=2"]
+    config = load_config("omniglot-5w1s", overrides)[1]
+    problem = build_problem(config)
+    params = {k: v.detach() for k, v in problem.model.named_parameters()}
+    source = DataSource(omniglot_root, cache_dir=tmp_path)
+    sampler = build_sampler(config, "test", source, seed=0)
+    adaptation = Adaptation.of(config)
+
+    def run(k: int) -> EvalResult:
+        return evaluate(problem, params, sampler, adaptation, tasks=3, batch=2,
+                        query_batch_shots=k)  # fmt: skip
+
+    whole = run(0)
+    assert run(4).to_dict() == whole.to_dict()  # one group: the whole query set
+    b = sampler.sample_tasks(range(3))
+    phi = imaml.adapt(problem.loss_fn, params, (b.xs, b.ys), lam=adaptation.lam,
+                      inner=adaptation.inner, has_aux=True)  # fmt: skip
+    xq, yq = query_groups(b.xq, b.yq, 4, 1)
+    # Group 0 is the query set a 1-query sampler draws for the same tasks.
+    single = build_sampler(load_config("omniglot-5w1s", [*overrides[:2], "data.query_shots=1"])[1],
+                           "test", source, seed=0).sample_tasks(range(3))  # fmt: skip
+    assert torch.equal(xq[:, 0], single.xq) and torch.equal(yq[:, 0], single.yq)
+    # Each group alone through the model (BatchNorm: its own 5-image batch), then averaged.
+    scores = [
+        [problem.score({n: v[t] for n, v in phi.items()}, xq[t, g], yq[t, g]) for g in range(4)]
+        for t in range(3)
+    ]
+    loss = torch.tensor([[s[0] for s in task] for task in scores]).double().mean()
+    accuracy = torch.tensor([[s[1] for s in task] for task in scores]).double().mean(1)
+    grouped = run(1)
+    assert grouped.mean == pytest.approx(accuracy.mean().item(), abs=1e-6)
+    assert grouped.ci95 == pytest.approx(1.96 * accuracy.std(correction=0).item() / math.sqrt(3))
+    assert grouped.loss == pytest.approx(loss.item(), rel=1e-5)
+    assert abs(grouped.loss - whole.loss) > 1e-3  # the batch statistics moved the scores
+    # `imaml eval`'s path: the config key reaches evaluate().
+    state = {"kind": "best", "config": config.to_json(), "step": 0, "params": params}
+    checkpoint.save(state, tmp_path / "best.pt")
+    out = evaluate_checkpoint(tmp_path, source, tasks=3, overrides=["eval.query_batch_shots=1"])
+    assert out.result.to_dict() == pytest.approx(grouped.to_dict(), rel=1e-6)

@@ -240,6 +240,7 @@ class Trainer:
                 self.adaptation,
                 tasks=cfg.tasks,
                 batch=cfg.batch,
+                query_batch_shots=cfg.query_batch_shots,
             )
             log.log({"step": self.step, "split": cfg.split, "params": name, **result.to_dict()})
             results.append(result)
