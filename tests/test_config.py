@@ -148,6 +148,8 @@ def test_overrides_take_the_fields_type() -> None:
         ("train.adam_eps=-1.0", "train.adam_eps must be >= 0"),
         ("eval.query_batch_shots=3", "eval.query_batch_shots must divide data.query_shots = 10"),
         ("eval.query_batch_shots=-1", "eval.query_batch_shots must be >= 0"),
+        ("train.query_batch_shots=5", "train.query_batch_shots must be 0 or data.shots = 10 (a"),
+        ("train.query_batch_shots=-1", "train.query_batch_shots must be >= 0"),
         ("data.rotations=1", "data.rotations must be a boolean"),
         ("data.character_split=alphabets", "data.character_split must be one of 'vinyals', 'r"),
         ("model.hidden=[4, 'x']", "model.hidden[1] must be an integer"),

@@ -186,3 +186,60 @@ def test_a_loss_of_its_own_is_checked_only_for_empty_sets():
     torch.testing.assert_close(grads["table"], expected)
     with pytest.raises(ValueError, match=r"^support\[0\] has shape \(2, 0\), no elements"):
         imaml.reptile_gradient(lookup, params, (idx[:, :0], y[:, :0]), inner=GD(1, 0.5))
+
+
+def test_class_batches_hold_the_same_shots_of_every_class() -> None:
+    batches = losses.ClassBatches(ways=3, shots=2)
+    y = torch.arange(3).repeat_interleave(4)  # 4 examples per class, as the sampler lays them out
+    x = torch.arange(12.0)[:, None] + 100
+    assert batches.count(12) == 2 and batches.split(y)[1].tolist() == [0, 0, 1, 1, 2, 2]
+    # Batch g, class c: the class's examples g·k .. g·k + k - 1.
+    assert batches.split(x)[1, :, 0].tolist() == [x + 100 for x in (2, 3, 6, 7, 10, 11)]
+    assert torch.equal(batches.merge(batches.split(x)), x)
+    assert torch.equal(losses.ClassBatches(3, 4).split(x), x[None])  # one batch: all of them
+    with pytest.raises(ValueError, match="12 examples do not split into batches of 5 of each of 3"):
+        losses.ClassBatches(3, 5).split(x)
+    with pytest.raises(ValueError, match="ways and shots must be >= 1"):
+        losses.ClassBatches(3, 0)
+
+
+def test_a_loss_in_class_batches_is_the_mean_over_separate_batchnorm_passes() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(4, 5),
+        nn.BatchNorm1d(5, track_running_stats=False),
+        nn.Linear(5, CLASSES),
+    )
+    model = model.double()
+    params = dict(model.named_parameters())
+    xs, _, _, _ = image_batch(tasks=1, shots=4)
+    x, y = xs[0], torch.arange(CLASSES).repeat_interleave(4)  # 4 per class, class by class
+    whole = imaml.classification_loss(model)
+    batched = imaml.classification_loss(model, losses.ClassBatches(CLASSES, 2))
+    first, second = ([0, 1, 4, 5, 8, 9], [2, 3, 6, 7, 10, 11])  # the two 2-per-class batches
+    parts = [whole(params, x[i], y[i]) for i in (first, second)]
+    loss, aux = batched(params, x, y)
+    torch.testing.assert_close(loss, (parts[0][0] + parts[1][0]) / 2)
+    torch.testing.assert_close(
+        aux["accuracy"], (parts[0][1]["accuracy"] + parts[1][1]["accuracy"]) / 2
+    )
+    assert not torch.allclose(loss, whole(params, x, y)[0])  # BatchNorm saw other statistics
+    # Its gradient is the mean of the batches' gradients (what training with it takes).
+    grads = [
+        torch.func.grad(lambda p, i=i: whole(p, x[i], y[i])[0])(params) for i in (first, second)
+    ]
+    batched_grad = torch.func.grad(lambda p: batched(p, x, y)[0])(params)
+    for name in params:
+        torch.testing.assert_close(batched_grad[name], (grads[0][name] + grads[1][name]) / 2)
+
+
+def test_a_loss_in_class_batches_changes_nothing_without_batchnorm() -> None:
+    model = make_mlp()
+    params = dict(model.named_parameters())
+    xs, ys, _, _ = make_regression_batch()
+    for shots in (1, 5):
+        batched = imaml.regression_loss(model, losses.ClassBatches(1, shots))
+        torch.testing.assert_close(
+            batched(params, xs[0], ys[0]), imaml.regression_loss(model)(params, xs[0], ys[0])
+        )

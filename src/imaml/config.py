@@ -12,7 +12,7 @@ A config is a TOML file with two top-level keys and seven tables::
     [released] cg_damping, lam_damping, inner_loop, solve
     [train]  meta_steps, meta_batch, seed, outer_optimizer, outer_lr, adam_eps,
              outer_lr_milestones, outer_lr_gamma, chunk_size, log_every, val_every, val_tasks,
-             checkpoint_every, init_from
+             checkpoint_every, init_from, query_batch_shots
     [eval]   tasks, batch, inner_steps, split, at_end, query_batch_shots
 
 Every key has a default (:class:`Config`), so a file states only what it changes. Unknown keys
@@ -179,6 +179,12 @@ class TrainConfig:
     that checkpoint's parameters instead of a random initialization (a warm start, e.g. iMAML
     from a MAML model); the model must have the same parameters, the outer optimizer and the
     step count start afresh. A resumed run continues from its own checkpoint and ignores it.
+
+    ``query_batch_shots`` = k > 0 runs the network on each training task's query set in
+    batches of k images per class (as ``eval.query_batch_shots`` scores), so BatchNorm
+    normalizes the query images as it does a task with k query images per class while the
+    meta-gradient takes all of them; k must be ``data.shots``, so that the support set, one
+    such batch, is unchanged. 0 runs the query set in one batch. Validation uses one batch.
     """
 
     meta_steps: int = 20000
@@ -195,6 +201,7 @@ class TrainConfig:
     val_tasks: int = 200
     checkpoint_every: int = 100
     init_from: str = ""
+    query_batch_shots: int = 0
 
 
 @dataclass
@@ -257,7 +264,7 @@ _POSITIVE = {
 _NON_NEGATIVE = {
     "inner.steps", "imaml.lam", "train.meta_steps", "train.seed", "train.chunk_size",
     "train.val_every", "eval.inner_steps", "data.task_pool", "released.cg_damping",
-    "released.lam_damping", "train.adam_eps", "eval.query_batch_shots",
+    "released.lam_damping", "train.adam_eps", "eval.query_batch_shots", "train.query_batch_shots",
 }  # fmt: skip
 
 
@@ -437,6 +444,12 @@ def _validate(config: Config) -> Config:
     if group and query_shots % group:
         raise ConfigError(
             f"eval.query_batch_shots must divide data.query_shots = {query_shots}, got {group}"
+        )
+    group, shots = config.train.query_batch_shots, config.data.shots
+    if group and (group != shots or query_shots % group):
+        raise ConfigError(
+            f"train.query_batch_shots must be 0 or data.shots = {shots} (a divisor of "
+            f"data.query_shots = {query_shots}), got {group}"
         )
     milestones = config.train.outer_lr_milestones
     if any(m < 1 for m in milestones) or milestones != sorted(set(milestones)):

@@ -12,6 +12,7 @@ import torch
 import imaml
 from imaml import _batching, checkpoint
 from imaml.config import load_config
+from imaml.losses import ClassBatches
 from imaml.training import (
     Adaptation,
     DataSource,
@@ -22,7 +23,6 @@ from imaml.training import (
     evaluate_checkpoint,
 )
 from imaml.training.builders import build_inner
-from imaml.training.evaluation import query_groups
 from training.helpers import SOURCE, tiny
 
 
@@ -60,20 +60,6 @@ def test_eval_results_round_trip_through_their_metrics_records() -> None:
         assert EvalResult.from_dict(record) == result
 
 
-def test_query_groups_hold_the_same_shot_of_every_class() -> None:
-    ways, shots, k = 3, 4, 2
-    yq = torch.arange(ways).repeat_interleave(shots).expand(2, -1)  # as the sampler lays it out
-    xq = torch.arange(2 * ways * shots, dtype=torch.float32).reshape(2, ways * shots, 1)
-    gx, gy = query_groups(xq, yq, shots, k)
-    assert gx.shape == (2, shots // k, ways * k, 1) and gy.shape == (2, shots // k, ways * k)
-    assert gy[0, 1].tolist() == [0, 0, 1, 1, 2, 2]
-    # Group g, class c: the class's query images g·k .. g·k + k - 1.
-    assert gx[1, 1, :, 0].tolist() == [x + 12 for x in (2, 3, 6, 7, 10, 11)]
-    assert torch.equal(query_groups(xq, yq, shots, shots)[0], xq[:, None])
-    with pytest.raises(ValueError, match="3 query shots per group do not divide 4"):
-        query_groups(xq, yq, shots, 3)
-
-
 def test_grouped_scoring_of_a_model_without_batchnorm_changes_nothing() -> None:
     config = tiny("eval.inner_steps=3")
     problem = build_problem(config)  # an MLP: each point's prediction is its own
@@ -107,7 +93,7 @@ def test_grouped_scoring_runs_one_batchnorm_batch_per_group(
     b = sampler.sample_tasks(range(3))
     phi = imaml.adapt(problem.loss_fn, params, (b.xs, b.ys), lam=adaptation.lam,
                       inner=adaptation.inner, has_aux=True)  # fmt: skip
-    xq, yq = query_groups(b.xq, b.yq, 4, 1)
+    xq, yq = (torch.stack([ClassBatches(5, 1).split(t) for t in q]) for q in (b.xq, b.yq))
     # Group 0 is the query set a 1-query sampler draws for the same tasks.
     single = build_sampler(load_config("omniglot-5w1s", [*overrides[:2], "data.query_shots=1"])[1],
                            "test", source, seed=0).sample_tasks(range(3))  # fmt: skip

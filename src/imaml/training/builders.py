@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -22,7 +22,7 @@ from imaml import solvers
 from imaml.config import Config, ConfigError, DataConfig, InnerConfig
 from imaml.data import DatasetNotFoundError, MiniImageNet, Omniglot, Sinusoid, TaskSampler
 from imaml.learner import IMAML, MAML, MetaLearner, Reptile
-from imaml.losses import accuracy, classification_loss, regression_loss
+from imaml.losses import ClassBatches, ModelLoss, accuracy, classification_loss, regression_loss
 from imaml.models import MLP, Conv4
 from imaml.types import Params
 
@@ -56,6 +56,16 @@ class Problem:
             return loss, aux["accuracy"]
         loss = self.loss_fn(params, x, y)
         return loss, loss
+
+    def in_class_batches(self, ways: int, shots: int) -> Problem:
+        """This problem with the model run once per batch of ``shots`` examples of each of a
+        task's ``ways`` classes (:class:`imaml.losses.ClassBatches`; a regression task is one
+        class, whatever ``ways``), as BatchNorm sees tasks of ``shots`` examples per class; the
+        loss and metric are taken over all the examples."""
+        if not isinstance(self.loss_fn, ModelLoss):
+            raise TypeError(f"class batches need a loss of imaml.losses, not {self.loss_fn!r}")
+        batches = ClassBatches(ways if self.metric == "accuracy" else 1, shots)
+        return replace(self, loss_fn=type(self.loss_fn)(self.model, batches))
 
 
 def _conv4(config: Config, variant: Literal["standard", "released"]) -> Conv4:

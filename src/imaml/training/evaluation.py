@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 from torch.func import vmap
 
 import imaml
@@ -81,36 +80,6 @@ class Adaptation:
         )
 
 
-def query_groups(
-    xq: Tensor, yq: Tensor, query_shots: int, shots_per_group: int
-) -> tuple[Tensor, Tensor]:
-    """Split each task's query set into ``G = query_shots / shots_per_group`` groups.
-
-    Group ``g`` holds query images ``g·k .. g·k + k - 1`` (``k = shots_per_group``) of every
-    class, in class order, as the sampler lays out a query set (``[0] * Q + [1] * Q + ...``).
-    A regression task (``query_shots`` points, one "class") splits into runs of ``k`` points.
-
-    Args:
-        xq: (B, N * Q, ...) query inputs of B tasks with N classes of Q = ``query_shots``.
-        yq: (B, N * Q, ...) their labels or targets.
-        query_shots: Q, the query examples per class.
-        shots_per_group: k, a divisor of Q.
-
-    Returns:
-        ``(xq, yq)`` of shapes (B, G, N * k, ...).
-    """
-    if shots_per_group < 1 or query_shots % shots_per_group:
-        raise ValueError(f"{shots_per_group} query shots per group do not divide {query_shots}")
-    batch, examples = yq.shape[:2]
-    ways, groups = examples // query_shots, query_shots // shots_per_group
-
-    def split(t: Tensor) -> Tensor:
-        t = t.reshape(batch, ways, groups, shots_per_group, *t.shape[2:]).transpose(1, 2)
-        return t.reshape(batch, groups, ways * shots_per_group, *t.shape[4:])
-
-    return split(xq), split(yq)
-
-
 def evaluate(
     problem: Problem,
     params: Params,
@@ -128,13 +97,13 @@ def evaluate(
     tasks on the CPU, :func:`imaml._batching.cache_chunk`).
 
     ``query_batch_shots`` = k > 0 scores each task's query set in forward passes of k images
-    per class (:func:`query_groups`) and averages over them: BatchNorm, which normalizes with
+    per class (:meth:`Problem.in_class_batches`), averaged: BatchNorm, which normalizes with
     the batch's statistics, then sees batches of the size a k-query task has (the released
     code's is k = 1), while every query image is still scored. 0 scores the query set at once.
     """
-    score = problem.score
+    scorer = problem
     if query_batch_shots:
-        score = _averaged_over_groups(problem.score)
+        scorer = problem.in_class_batches(sampler.ways, query_batch_shots)
     losses, metrics = [], []
     with torch.no_grad():
         for start in range(0, tasks, batch):
@@ -148,11 +117,8 @@ def evaluate(
                 has_aux=problem.has_aux,
                 chunk_size=adaptation.chunk_size,
             )
-            xq, yq = b.xq, b.yq
-            if query_batch_shots:
-                xq, yq = query_groups(xq, yq, sampler.query_shots, query_batch_shots)
-            chunk = cache_chunk((xq, yq), adaptation.chunk_size)
-            loss, metric = vmap(score, chunk_size=chunk)(phi, xq, yq)
+            chunk = cache_chunk((b.xq, b.yq), adaptation.chunk_size)
+            loss, metric = vmap(scorer.score, chunk_size=chunk)(phi, b.xq, b.yq)
             losses.append(loss)
             metrics.append(metric)
     values = torch.cat(metrics).double()
@@ -163,18 +129,6 @@ def evaluate(
         loss=torch.cat(losses).double().mean().item(),
         tasks=tasks,
     )
-
-
-def _averaged_over_groups(
-    score: Callable[[Params, Tensor, Tensor], tuple[Tensor, Tensor]],
-) -> Callable[[Params, Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """``score`` of one task's query groups (G, n, ...), one forward pass each, averaged."""
-
-    def grouped(params: Params, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        loss, metric = vmap(score, in_dims=(None, 0, 0))(params, x, y)
-        return loss.mean(), metric.mean()
-
-    return grouped
 
 
 @dataclass(frozen=True)

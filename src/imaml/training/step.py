@@ -111,7 +111,11 @@ support set).
 
 
 def make_gradient_fn(config: Config, problem: Problem) -> GradientFn:
-    """The meta-gradient of the config's ``algorithm`` for a batch of tasks (:data:`ALGORITHMS`)."""
+    """The meta-gradient of the config's ``algorithm`` for a batch of tasks (:data:`ALGORITHMS`),
+    with the network run on query sets in batches of ``train.query_batch_shots`` images per
+    class when that is set (:meth:`Problem.in_class_batches`)."""
+    if config.train.query_batch_shots:
+        problem = problem.in_class_batches(config.data.ways, config.train.query_batch_shots)
     return ALGORITHMS[config.algorithm](config, problem)
 
 
