@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import signal
 import subprocess
@@ -257,6 +258,14 @@ def test_python_dash_m_imaml_configs() -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert [line.split()[0] for line in proc.stdout.splitlines()] == CONFIGS
+
+
+def test_a_closed_pipe_ends_the_listing_quietly() -> None:
+    """`imaml configs | true`: the reader is gone before the listing (as `| head -1` leaves
+    after a line); no error, no traceback."""
+    shell = f"{shlex.quote(sys.executable)} -m imaml configs | true"
+    proc = subprocess.run(["sh", "-c", shell], capture_output=True, text=True, check=False)
+    assert proc.stderr == ""
 
 
 def test_plot_and_summary_read_a_run_dir(tmp_path: Path, capsys: Any) -> None:

@@ -328,6 +328,11 @@ def _configs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _percent(fraction: float, ci95: float) -> str:
+    """An accuracy and its 95% CI, fractions, as ``"98.49 ± 0.20 %"``."""
+    return f"{100 * fraction:.2f} ± {100 * ci95:.2f} %"
+
+
 def _models(args: argparse.Namespace) -> int:
     """List the published models: name, setting, test accuracy and meta-steps."""
     entries = zoo.list_models()
@@ -337,12 +342,12 @@ def _models(args: argparse.Namespace) -> int:
         return 0
     width = max(len(e.name) for e in entries)
     for e in entries:
+        queries = "query" if e.shots == 1 else "queries"
         print(
             f"{e.name:<{width}}  {e.dataset} {e.ways}-way {e.shots}-shot, {e.algorithm}, "
-            f"{e.character_split} split: {100 * e.accuracy:.2f} ± {100 * e.ci95:.2f} % "
-            f"({100 * e.k_query_accuracy:.2f} ± {100 * e.k_query_ci95:.2f} % with {e.shots} "
-            f"{'query' if e.shots == 1 else 'queries'} per class; {e.meta_steps:,} meta-steps; "
-            f"paper {e.paper})"
+            f"{e.character_split} split: {_percent(e.accuracy, e.ci95)} "
+            f"({_percent(e.k_query_accuracy, e.k_query_ci95)} in batches of {e.shots} {queries} "
+            f"per class; {e.meta_steps:,} meta-steps; paper {e.paper})"
         )
     return 0
 
@@ -397,6 +402,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("imaml: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout left (`imaml models | head -1`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit flush
+        return 141  # 128 + SIGPIPE, as a shell reports a command killed by it
     except USER_ERRORS as err:
         message = " ".join(str(err).split())
         print(f"imaml: error: {message}", file=sys.stderr)
