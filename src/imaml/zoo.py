@@ -118,9 +118,10 @@ class ModelEntry:
     ``accuracy`` and ``ci95`` are fractions (mean test accuracy over ``tasks`` tasks and its
     95% CI, 1.96·std/√tasks), as ``imaml eval NAME`` prints them: with the query images per
     class of the model's config (``data.query_shots``).
-    ``k_query_accuracy`` and ``k_query_ci95`` are the same with K query images per class at
-    K-shot (``imaml eval NAME --set data.query_shots=K``), the protocol of MAML's and iMAML's
-    code, which the ``paper`` figure for the setting and algorithm comes from.
+    ``k_query_accuracy`` and ``k_query_ci95`` are the same on the protocol of MAML's and
+    iMAML's code, which the ``paper`` figure for the setting and algorithm comes from: K query
+    images per class at K-shot, with every query image scored in a BatchNorm batch of K per
+    class (``imaml eval NAME --set eval.query_batch_shots=K``).
     ``meta_steps`` are those of the model, beside the ``config_meta_steps`` its config plans;
     ``config`` is the bundled config it was trained from and ``train`` the commands, one a
     line, that made it.
