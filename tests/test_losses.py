@@ -194,7 +194,7 @@ def test_class_batches_hold_the_same_shots_of_every_class() -> None:
     x = torch.arange(12.0)[:, None] + 100
     assert batches.count(12) == 2 and batches.split(y)[1].tolist() == [0, 0, 1, 1, 2, 2]
     # Batch g, class c: the class's examples g·k .. g·k + k - 1.
-    assert batches.split(x)[1, :, 0].tolist() == [x + 100 for x in (2, 3, 6, 7, 10, 11)]
+    assert batches.split(x)[1, :, 0].tolist() == [i + 100 for i in (2, 3, 6, 7, 10, 11)]
     assert torch.equal(batches.merge(batches.split(x)), x)
     assert torch.equal(losses.ClassBatches(3, 4).split(x), x[None])  # one batch: all of them
     with pytest.raises(ValueError, match="12 examples do not split into batches of 5 of each of 3"):

@@ -93,7 +93,7 @@ def test_grouped_scoring_runs_one_batchnorm_batch_per_group(
     b = sampler.sample_tasks(range(3))
     phi = imaml.adapt(problem.loss_fn, params, (b.xs, b.ys), lam=adaptation.lam,
                       inner=adaptation.inner, has_aux=True)  # fmt: skip
-    xq, yq = (torch.stack([ClassBatches(5, 1).split(t) for t in q]) for q in (b.xq, b.yq))
+    xq, yq = torch.vmap(ClassBatches(5, 1).split)(b.xq), torch.vmap(ClassBatches(5, 1).split)(b.yq)
     # Group 0 is the query set a 1-query sampler draws for the same tasks.
     single = build_sampler(load_config("omniglot-5w1s", [*overrides[:2], "data.query_shots=1"])[1],
                            "test", source, seed=0).sample_tasks(range(3))  # fmt: skip

@@ -49,7 +49,7 @@ def test_query_batches_in_training_average_the_meta_gradients_of_each_batch() ->
     grouped, _ = make_gradient_fn(in_batches, problem)(params, TaskBatch(xs, ys, xq, yq))
     whole = make_gradient_fn(config, problem)
     batches = ClassBatches(5, 1)
-    xq_b, yq_b = (torch.stack([batches.split(t) for t in q]) for q in (xq, yq))
+    xq_b, yq_b = torch.vmap(batches.split)(xq), torch.vmap(batches.split)(yq)  # (2, 3, 5, ...)
     each = [whole(params, TaskBatch(xs, ys, xq_b[:, i], yq_b[:, i]))[0] for i in range(3)]
     for name in params:
         torch.testing.assert_close(grouped[name], sum(e[name] for e in each) / 3)
